@@ -1,0 +1,5 @@
+"""`python -m job_operator` is the `job-operator` command."""
+
+from job_operator.cli import main
+
+main()

@@ -1,0 +1,464 @@
+"""The state machine of a Job: pure functions over the models, no I/O.
+
+Each function takes the job as last read and returns a `Decision`: the status
+to write (in one compare-and-swap on the job's resourceVersion), the events to
+emit and the ExecutorCluster to delete once the write has landed. The kopf
+handlers read, call these and write; every rule of CONTRACT.md lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from job_operator import names
+from job_operator.models import (
+    HISTORY_LIMIT,
+    TOKEN_MAX_LENGTH,
+    CancelRecord,
+    Condition,
+    ExecutorCluster,
+    HistoryEntry,
+    HistoryReason,
+    Job,
+    JobStatus,
+    RejectedRequest,
+    RescheduleRecord,
+)
+
+DISPATCHED = "Dispatched"
+RESCHEDULED = "Rescheduled"
+RESCHEDULE_REQUEST_VALID = "RescheduleRequestValid"
+CANCEL_REQUEST_VALID = "CancelRequestValid"
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the Job."""
+
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do to a job: write `status` (if it changed), then the rest."""
+
+    status: JobStatus
+    events: tuple[Event, ...] = ()
+    delete_executor: str | None = None
+
+    def changes(self, job: Job) -> bool:
+        return self.status != job.status
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Operator settings the rules depend on."""
+
+    backoff_base: timedelta = timedelta(seconds=1)
+    backoff_cap: timedelta = timedelta(seconds=60)
+
+    def backoff(self, losses: int) -> timedelta:
+        """Delay before redispatch after the `losses`-th automatic reschedule (1-based)."""
+        delay = self.backoff_base
+        # Double step by step and stop at the cap: `base * 2 ** (losses - 1)` overflows
+        # timedelta once losses reaches about 48 (maxAutoReschedules has no upper bound).
+        for _ in range(max(losses - 1, 0)):
+            if delay >= self.backoff_cap or not delay:
+                break
+            delay *= 2
+        return min(delay, self.backoff_cap)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request annotation's token, and what it asks for."""
+
+    annotation: str
+    token: str
+    force: bool = False
+    requested_by: str | None = None
+
+    @property
+    def digest(self) -> str:
+        return token_digest(self.token)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+# --- reading requests from annotations ------------------------------------------------
+
+
+def requested_by(job: Job, annotation: str) -> str | None:
+    """The field manager that last wrote `annotation`, from managedFields (a hint only)."""
+    best: tuple[str, str] | None = None
+    for entry in job.metadata.managed_fields:
+        fields: Any = entry.get("fieldsV1") or {}
+        owned = fields.get("f:metadata", {}).get("f:annotations", {})
+        if f"f:{annotation}" in owned:
+            when = str(entry.get("time") or "")
+            if best is None or when >= best[0]:
+                best = (when, str(entry.get("manager") or ""))
+    return best[1] or None if best else None
+
+
+def pending_request(job: Job, annotation: str) -> Request | None:
+    """The request in `annotation` if its token has not been handled yet."""
+    token = job.metadata.annotations.get(annotation, "")
+    if not token:
+        return None
+    status = job.status
+    record = status.reschedule if annotation == names.RESCHEDULE_ANNOTATION else status.cancel
+    if record is not None and record.request == token:
+        return None
+    digest = token_digest(token)
+    if any(r.annotation == annotation and r.token_digest == digest
+           for r in status.rejected_requests):
+        return None
+    force = (
+        annotation == names.RESCHEDULE_ANNOTATION
+        and job.metadata.annotations.get(names.RESCHEDULE_FORCE_ANNOTATION) == token
+    )
+    return Request(annotation, token, force, requested_by(job, annotation))
+
+
+def invalid_reason(request: Request) -> tuple[str, str] | None:
+    """Why a request cannot be honoured (reason, message), or None if it can."""
+    if len(request.token) > TOKEN_MAX_LENGTH:
+        return ("TokenTooLong",
+                f"{request.annotation} is {len(request.token)} characters long; "
+                f"at most {TOKEN_MAX_LENGTH} are allowed")
+    return None
+
+
+# --- status helpers ---------------------------------------------------------------------
+
+
+def set_condition(
+    status: JobStatus, type_: str, value: bool, reason: str, message: str, now: datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """Conditions with `type_` set; lastTransitionTime moves only when the value changes."""
+    new_status: Literal["True", "False"] = "True" if value else "False"
+    old = status.condition(type_)
+    transition = old.last_transition_time if old and old.status == new_status else rfc3339(now)
+    condition = Condition(type=type_, status=new_status, reason=reason, message=message,
+                          last_transition_time=transition, observed_generation=generation)
+    return [*(c for c in status.conditions if c.type != type_), condition]
+
+
+def _history_entry(status: JobStatus, reason: HistoryReason, now: datetime) -> HistoryEntry:
+    return HistoryEntry(
+        attempt=status.attempt, executor=status.executor, state=status.state,
+        started_at=status.started_at, ended_at=status.ended_at or rfc3339(now),
+        reason=reason, result=status.result,
+    )
+
+
+def _appended(history: list[HistoryEntry], entry: HistoryEntry) -> list[HistoryEntry]:
+    return [*history, entry][-HISTORY_LIMIT:]
+
+
+def _requeued(job: Job, reason: HistoryReason, now: datetime) -> JobStatus:
+    """The job back on the queue: pending, no executor, the attempt moved into history."""
+    status = job.status
+    history = status.history
+    if status.executor is not None or status.terminal:
+        history = _appended(history, _history_entry(status, reason, now))
+    return status.model_copy(update={
+        "state": "pending", "executor": None, "result": None, "reason": reason,
+        "message": None, "started_at": None, "ended_at": None, "updated_at": rfc3339(now),
+        "history": history, "observed_generation": job.metadata.generation,
+        "conditions": set_condition(status, DISPATCHED, False, "Pending",
+                                    "waiting for an ExecutorCluster", now,
+                                    job.metadata.generation),
+    })
+
+
+# --- the rules --------------------------------------------------------------------------
+
+
+def reject(job: Job, request: Request, reason: str, message: str, now: datetime) -> Decision:
+    """A request that cannot be honoured: recorded so it is not retried, no state change."""
+    status = job.status
+    condition_type = (RESCHEDULE_REQUEST_VALID if request.annotation ==
+                      names.RESCHEDULE_ANNOTATION else CANCEL_REQUEST_VALID)
+    record = RejectedRequest(annotation=request.annotation, token_digest=request.digest,
+                             reason=reason, message=message, rejected_at=rfc3339(now))
+    new = status.model_copy(update={
+        "rejected_requests": [*(r for r in status.rejected_requests
+                                if r.annotation != request.annotation), record],
+        "conditions": set_condition(status, condition_type, False, reason, message, now,
+                                    job.metadata.generation),
+    })
+    event_reason = ("InvalidRescheduleRequest" if condition_type == RESCHEDULE_REQUEST_VALID
+                    else "InvalidCancelRequest")
+    return Decision(new, (Event("Warning", event_reason, message),))
+
+
+def reschedule(job: Job, request: Request, now: datetime) -> Decision:
+    """A manual reschedule: the seed's operation, by the contract's token and force rules."""
+    status = job.status
+    record = RescheduleRecord(
+        request=request.token, outcome="rescheduled", force=request.force,
+        handled_at=rfc3339(now), previous_state=status.state,
+        previous_executor=status.executor, requested_by=request.requested_by,
+    )
+    generation = job.metadata.generation
+    if status.terminal and not request.force:
+        skipped = record.model_copy(update={"outcome": "skipped_terminal"})
+        message = f"job is {status.state}; set {names.RESCHEDULE_FORCE_ANNOTATION} to force"
+        conditions = set_condition(status, RESCHEDULED, False, "SkippedTerminal", message, now,
+                                   generation)
+        new = status.model_copy(update={"reschedule": skipped, "conditions": conditions})
+        new = _valid(new, now, generation)
+        return Decision(new, (Event("Normal", "RescheduleSkipped", message),))
+    reason = "Forced" if request.force else "ManualRequest"
+    requeued = _requeued(job, "Rescheduled", now)
+    message = (f"rescheduled from {status.state}"
+               + (f" on {status.executor}" if status.executor else "")
+               + (" (forced)" if request.force else ""))
+    new = requeued.model_copy(update={
+        "reschedule": record, "auto_reschedules": 0, "dispatch_after": None,
+        "conditions": set_condition(requeued, RESCHEDULED, True, reason, message, now,
+                                    generation),
+    })
+    new = _valid(new, now, generation)
+    return Decision(new, (Event("Normal", "Rescheduled", message),),
+                    delete_executor=status.executor)
+
+
+def _valid(status: JobStatus, now: datetime, generation: int | None) -> JobStatus:
+    conditions = set_condition(status, RESCHEDULE_REQUEST_VALID, True, "Accepted",
+                               "the last reschedule request was handled", now, generation)
+    return status.model_copy(update={"conditions": conditions})
+
+
+def cancel(job: Job, request: Request, now: datetime) -> Decision:
+    """A cancel: a non-terminal job becomes cancelled and loses its executor."""
+    status = job.status
+    record = CancelRecord(request=request.token, outcome="cancelled", handled_at=rfc3339(now),
+                          previous_state=status.state)
+    if status.terminal:
+        skipped = record.model_copy(update={"outcome": "skipped_terminal"})
+        message = f"job is already {status.state}; cancel ignored"
+        return Decision(status.model_copy(update={"cancel": skipped}),
+                        (Event("Normal", "CancelSkipped", message),))
+    new = status.model_copy(update={
+        "state": "cancelled", "executor": None, "reason": "Cancelled", "message": None,
+        "ended_at": rfc3339(now), "updated_at": rfc3339(now), "cancel": record,
+        "dispatch_after": None, "observed_generation": job.metadata.generation,
+        "conditions": set_condition(status, DISPATCHED, False, "Cancelled", "job cancelled",
+                                    now, job.metadata.generation),
+    })
+    message = "cancelled" + (f"; deleting {status.executor}" if status.executor else "")
+    return Decision(new, (Event("Normal", "Cancelled", message),),
+                    delete_executor=status.executor)
+
+
+def handle_requests(job: Job, now: datetime) -> Decision:
+    """Every unhandled request annotation, cancel first, as one decision."""
+    decision = Decision(job.status)
+    for annotation, rule in ((names.CANCEL_ANNOTATION, cancel),
+                             (names.RESCHEDULE_ANNOTATION, reschedule)):
+        current = job.model_copy(update={"status": decision.status})
+        request = pending_request(current, annotation)
+        if request is None:
+            continue
+        invalid = invalid_reason(request)
+        step = (reject(current, request, *invalid, now) if invalid
+                else rule(current, request, now))
+        decision = Decision(step.status, decision.events + step.events,
+                            step.delete_executor or decision.delete_executor)
+    return decision
+
+
+def reconcile(job: Job, now: datetime) -> Decision:
+    """What a job's own change asks for: a first status, then its pending requests."""
+    started = job.model_copy(update={"status": initialise(job, now).status})
+    decision = handle_requests(started, now)
+    return decision
+
+
+def dispatch_due(job: Job, now: datetime) -> timedelta | None:
+    """None if the job needs no dispatch; else how long to wait (zero: dispatch now)."""
+    status = job.status
+    if status.state != "pending" or status.executor is not None:
+        return None
+    if job.metadata.deletion_timestamp:
+        return None
+    if status.dispatch_after:
+        remaining = parse_time(status.dispatch_after) - now
+        if remaining > timedelta(0):
+            return remaining
+    return timedelta(0)
+
+
+def dispatch(job: Job, executor: str, now: datetime) -> Decision:
+    """Place a pending job on a fresh ExecutorCluster (already created under `executor`)."""
+    status = job.status
+    if dispatch_due(job, now) != timedelta(0):
+        return Decision(status)
+    attempt = status.attempt + 1
+    new = status.model_copy(update={
+        "executor": executor, "attempt": attempt, "dispatch_after": None, "reason": None,
+        "updated_at": rfc3339(now), "observed_generation": job.metadata.generation,
+        "conditions": set_condition(status, DISPATCHED, True, "ExecutorCreated",
+                                    f"attempt {attempt} on {executor}", now,
+                                    job.metadata.generation),
+    })
+    return Decision(new)
+
+
+def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision:
+    """The job's executor is gone: reschedule automatically, within the job's budget."""
+    status = job.status
+    if status.terminal or status.executor is None:
+        return Decision(status)
+    lost = status.executor
+    generation = job.metadata.generation
+    if status.auto_reschedules >= job.spec.max_auto_reschedules:
+        history = _appended(status.history, _history_entry(status, "ExecutorLost", now))
+        message = (f"{lost} {why}; {status.auto_reschedules} automatic reschedules "
+                   f"already used (maxAutoReschedules={job.spec.max_auto_reschedules})")
+        new = status.model_copy(update={
+            "state": "failed", "executor": None, "reason": "ExecutorLostTooOften",
+            "message": message, "ended_at": rfc3339(now), "updated_at": rfc3339(now),
+            "history": history, "result": None, "observed_generation": generation,
+            "conditions": set_condition(status, DISPATCHED, False, "ExecutorLostTooOften",
+                                        message, now, generation),
+        })
+        return Decision(new, (Event("Warning", "ExecutorLostTooOften", message),),
+                        delete_executor=lost)
+    losses = status.auto_reschedules + 1
+    delay = policy.backoff(losses)
+    message = (f"{lost} {why}; automatic reschedule {losses} of "
+               f"{job.spec.max_auto_reschedules}, redispatch in {delay.total_seconds():g}s")
+    requeued = _requeued(job, "ExecutorLost", now)
+    new = requeued.model_copy(update={
+        "auto_reschedules": losses, "dispatch_after": rfc3339(now + delay),
+        "message": message,
+        "conditions": set_condition(requeued, RESCHEDULED, True, "ExecutorLost", message, now,
+                                    generation),
+    })
+    return Decision(new, (Event("Warning", "ExecutorLost", message),), delete_executor=lost)
+
+
+def follow_executor(
+    job: Job, executor: ExecutorCluster | None, name: str, policy: Policy, now: datetime,
+) -> Decision:
+    """The job follows its current executor's phase; `executor` None means it is deleted.
+
+    A phase from an ExecutorCluster the job has already left never changes the job.
+    """
+    status = job.status
+    if status.executor != name or status.terminal:
+        return Decision(status)
+    if executor is None or executor.metadata.deletion_timestamp:
+        return executor_lost(job, policy, now, "was deleted")
+    if executor.metadata.uid and executor.spec.job_ref.uid != job.metadata.uid:
+        return Decision(status)
+    phase = executor.status.phase
+    stamp = rfc3339(now)
+    generation = job.metadata.generation
+    if phase == "Terminated":
+        return executor_lost(job, policy, now, "was terminated")
+    if phase == "Running" and status.state != "running":
+        return Decision(status.model_copy(update={
+            "state": "running", "started_at": status.started_at or stamp, "updated_at": stamp,
+            "observed_generation": generation,
+        }))
+    if phase == "Succeeded":
+        return Decision(status.model_copy(update={
+            "state": "completed", "result": executor.status.result or {},
+            "reason": "Succeeded", "message": executor.status.message,
+            "started_at": status.started_at or stamp, "ended_at": stamp, "updated_at": stamp,
+            "observed_generation": generation,
+        }))
+    if phase == "Failed":
+        return Decision(status.model_copy(update={
+            "state": "failed", "reason": "ExecutorFailed",
+            "message": executor.status.message or f"{name} failed",
+            "started_at": status.started_at or stamp, "ended_at": stamp, "updated_at": stamp,
+            "observed_generation": generation,
+        }), (Event("Warning", "ExecutorFailed", executor.status.message or f"{name} failed"),))
+    return Decision(status)
+
+
+def initialise(job: Job, now: datetime) -> Decision:
+    """A new job (no status yet) starts pending."""
+    if job.status.updated_at is not None:
+        return Decision(job.status)
+    return Decision(job.status.model_copy(update={
+        "state": "pending", "updated_at": rfc3339(now),
+        "observed_generation": job.metadata.generation,
+    }))
+
+
+def is_dangling(executor: ExecutorCluster, job: Job | None, grace: timedelta,
+                now: datetime) -> bool:
+    """An ExecutorCluster nobody will use: its job is gone or has moved past it.
+
+    A cluster newer than the job's attempt is a dispatch in flight (created, status
+    not yet written); it is dangling only once older than `grace`.
+    """
+    if job is None or job.metadata.uid != executor.spec.job_ref.uid:
+        return True
+    if job.status.executor == executor.metadata.name:
+        return False
+    if executor.spec.attempt <= job.status.attempt:
+        return True
+    created = executor.metadata.creation_timestamp
+    if created is None:
+        return False
+    return now - parse_time(created) > grace and dispatch_due(job, now) is None
+
+
+def new_executor_name(uuid: str) -> str:
+    return f"{names.EXECUTOR_NAME_PREFIX}{uuid}"
+
+
+def executor_manifest(job: Job, name: str) -> dict[str, Any]:
+    """The ExecutorCluster for the job's next attempt, owned by the job."""
+    meta = job.metadata
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.EXECUTOR_KIND,
+        "metadata": {
+            "name": name,
+            "namespace": meta.namespace,
+            "labels": {names.JOB_NAME_LABEL: label_value(meta.name),
+                       names.JOB_UID_LABEL: meta.uid},
+            "ownerReferences": [{
+                "apiVersion": names.API_VERSION, "kind": names.JOB_KIND, "name": meta.name,
+                "uid": meta.uid, "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": {
+            "jobRef": {"name": meta.name, "uid": meta.uid},
+            "attempt": job.status.attempt + 1,
+            "executorClass": job.spec.executor_class,
+        },
+    }
+
+
+
+def label_value(text: str) -> str:
+    """`text` cut to a valid label value (63 characters, alphanumeric at both ends)."""
+    return text[:63].rstrip("-_.")

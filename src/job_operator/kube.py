@@ -1,0 +1,210 @@
+"""The operator's, CLI's and simulator's door to the Kubernetes API (kubernetes_asyncio).
+
+Typed helpers over the few calls the project makes. Status writes of Jobs are
+compare-and-swap: the patch carries the resourceVersion the decision was made
+on, so the API server refuses it (409) if the job changed in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from job_operator import names
+from job_operator.core import Event, rfc3339
+from job_operator.models import ExecutorCluster, Job, JobStatus
+
+log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
+T = TypeVar("T")
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409)."""
+
+
+class NotFound(Exception):
+    """The object does not exist (HTTP 404)."""
+
+
+def status_code(error: BaseException) -> int | None:
+    return error.status if isinstance(error, ApiException) else None
+
+
+def _translate(error: ApiException) -> Exception:
+    if error.status == 409:
+        return Conflict(str(error.reason))
+    if error.status == 404:
+        return NotFound(str(error.reason))
+    return error
+
+
+async def retry_transient(call: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
+    """Retry a call through transient API failures (429, 5xx, dropped connections)."""
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except ApiException as error:
+            if error.status not in (429, 500, 502, 503, 504) or attempt == attempts - 1:
+                raise _translate(error) from error
+        except (TimeoutError, OSError) as error:
+            if attempt == attempts - 1:
+                raise
+            log.debug("transient API error: %s", error)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """A client from the given kubeconfig, $KUBECONFIG, the in-cluster account or ~/.kube."""
+    configuration = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        await config.load_kube_config(config_file=path, client_configuration=configuration)
+    configuration.connection_pool_maxsize = 64
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """The calls job-operator makes, typed with the project's models."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, kubeconfig: str | None = None) -> AsyncIterator[Kube]:
+        api = await new_api_client(kubeconfig)
+        try:
+            yield cls(api)
+        finally:
+            await api.close()
+
+    # --- Jobs ---------------------------------------------------------------------
+
+    async def get_job(self, namespace: str, name: str) -> Job:
+        raw = await retry_transient(lambda: self.custom.get_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name))
+        return Job.model_validate(raw)
+
+    async def get_job_raw(self, namespace: str, name: str) -> dict[str, Any]:
+        raw: dict[str, Any] = await retry_transient(
+            lambda: self.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name))
+        return raw
+
+    async def write_job_status(self, job: Job, status: JobStatus) -> Job:
+        """Compare-and-swap the job's status: raises Conflict if the job has changed."""
+        new = status.to_api()
+        # A merge patch keeps keys it does not mention: clear dropped ones explicitly.
+        for key in job.status.to_api():
+            new.setdefault(key, None)
+        body = {"metadata": {"resourceVersion": job.metadata.resource_version}, "status": new}
+        raw = await retry_transient(lambda: self.custom.patch_namespaced_custom_object_status(
+            names.GROUP, names.VERSION, job.metadata.namespace, names.JOB_PLURAL,
+            job.metadata.name, body, _content_type=MERGE_PATCH,
+            field_manager=names.FIELD_MANAGER))
+        return Job.model_validate(raw)
+
+    async def annotate_job(self, namespace: str, name: str, annotations: dict[str, str],
+                           field_manager: str) -> Job:
+        """Set annotations with a merge patch (atomic per key; retried when transient)."""
+        body = {"metadata": {"annotations": annotations}}
+        raw = await retry_transient(lambda: self.custom.patch_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name, body,
+            _content_type=MERGE_PATCH, field_manager=field_manager))
+        return Job.model_validate(raw)
+
+    # --- ExecutorClusters -----------------------------------------------------------
+
+    async def create_executor(self, manifest: dict[str, Any]) -> ExecutorCluster:
+        namespace = manifest["metadata"]["namespace"]
+        raw = await retry_transient(lambda: self.custom.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, manifest,
+            field_manager=names.FIELD_MANAGER))
+        return ExecutorCluster.model_validate(raw)
+
+    async def delete_executor(self, namespace: str, name: str) -> bool:
+        """Delete an ExecutorCluster; False if it was already gone."""
+        try:
+            await retry_transient(lambda: self.custom.delete_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, name))
+        except NotFound:
+            return False
+        return True
+
+    async def list_executors(self, namespace: str | None = None,
+                             label_selector: str = "") -> list[ExecutorCluster]:
+        if namespace is None:
+            raw = await retry_transient(lambda: self.custom.list_cluster_custom_object(
+                names.GROUP, names.VERSION, names.EXECUTOR_PLURAL,
+                label_selector=label_selector))
+        else:
+            raw = await retry_transient(lambda: self.custom.list_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL,
+                label_selector=label_selector))
+        return [ExecutorCluster.model_validate(item) for item in raw["items"]]
+
+    async def list_jobs(self, namespace: str | None = None) -> list[Job]:
+        if namespace is None:
+            raw = await retry_transient(lambda: self.custom.list_cluster_custom_object(
+                names.GROUP, names.VERSION, names.JOB_PLURAL))
+        else:
+            raw = await retry_transient(lambda: self.custom.list_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.JOB_PLURAL))
+        return [Job.model_validate(item) for item in raw["items"]]
+
+    async def patch_executor_status(self, namespace: str, name: str,
+                                    status: dict[str, Any]) -> None:
+        await retry_transient(lambda: self.custom.patch_namespaced_custom_object_status(
+            names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, name,
+            {"status": status}, _content_type=MERGE_PATCH))
+
+    # --- Events ---------------------------------------------------------------------
+
+    async def post_event(self, job: Job, event: Event, component: str = "job-operator") -> None:
+        """Record an Event on the Job (best effort: a lost event never fails a decision)."""
+        meta = job.metadata
+        now = rfc3339_now()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.name}.", "namespace": meta.namespace},
+            "involvedObject": {
+                "apiVersion": names.API_VERSION, "kind": names.JOB_KIND, "name": meta.name,
+                "namespace": meta.namespace, "uid": meta.uid,
+                "resourceVersion": meta.resource_version,
+            },
+            "reason": event.reason, "message": event.message[:1024], "type": event.type,
+            "source": {"component": component}, "reportingComponent": component,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await retry_transient(lambda: self.core.create_namespaced_event(meta.namespace, body),
+                                  attempts=3)
+        except (TimeoutError, ApiException, OSError) as error:
+            log.warning("could not post event %s on %s/%s: %s",
+                        event.reason, meta.namespace, meta.name, error)
+
+    async def list_job_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        raw = await retry_transient(lambda: self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}"))
+        return [self.api.sanitize_for_serialization(item) for item in raw.items]
+
+
+def rfc3339_now() -> str:
+    """Now, to the second, as metav1.Time is written."""
+    return rfc3339(datetime.now(UTC)).split(".")[0] + "Z"

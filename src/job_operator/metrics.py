@@ -1,0 +1,43 @@
+"""Prometheus metrics of the operator, served on its metrics port."""
+
+from prometheus_client import Counter, Histogram
+
+RESCHEDULE_REQUESTS = Counter(
+    "job_operator_reschedule_requests_total",
+    "Reschedule requests handled, by outcome (rescheduled, skipped_terminal, invalid).",
+    ["outcome"],
+)
+CANCEL_REQUESTS = Counter(
+    "job_operator_cancel_requests_total",
+    "Cancel requests handled, by outcome (cancelled, skipped_terminal, invalid).",
+    ["outcome"],
+)
+DISPATCHES = Counter(
+    "job_operator_dispatches_total", "Jobs placed on a fresh ExecutorCluster."
+)
+ORPHANS_FOUND = Counter(
+    "job_operator_orphans_found_total",
+    "Non-terminal jobs found without their ExecutorCluster, by how (watch, sweep).",
+    ["source"],
+)
+AUTO_RESCHEDULES = Counter(
+    "job_operator_auto_reschedules_total",
+    "Automatic reschedules after an executor loss (and jobs failed for too many).",
+    ["result"],
+)
+REQUEST_LATENCY = Histogram(
+    "job_operator_request_handled_latency_seconds",
+    "From the request annotation's write (managedFields time, 1 s resolution) to handling.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+CONFLICTS = Counter(
+    "job_operator_status_conflicts_total",
+    "Status compare-and-swap writes refused because the job had changed (then re-decided).",
+)
+ERRORS = Counter(
+    "job_operator_errors_total", "Unexpected errors while reconciling, by stage.", ["stage"]
+)
+DANGLING_DELETED = Counter(
+    "job_operator_dangling_executors_deleted_total",
+    "ExecutorClusters deleted because no job will use them.",
+)

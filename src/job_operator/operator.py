@@ -1,0 +1,434 @@
+"""The kopf handlers: thin adapters that read, ask the core, and write.
+
+Every decision comes from `job_operator.core`; this module only brings the
+job as last seen, writes the decided status with a compare-and-swap on its
+resourceVersion (re-reading and re-deciding on 409), then posts the events
+and deletes the ExecutorCluster the decision names. Only `on.event` handlers
+are used, so kopf itself writes nothing to the objects: every API write the
+operator makes is one of ours, and all of them are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+
+from job_operator import core, metrics, names
+from job_operator.kube import Conflict, Kube, NotFound
+from job_operator.models import ExecutorCluster, Job
+
+log = logging.getLogger("job_operator")
+CAS_ATTEMPTS = 16
+RETRY_DELAY = 2.0
+
+JobKey = tuple[str, str]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class OperatorConfig:
+    """Settings of one operator process (the CLI's `run` flags)."""
+
+    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
+    policy: core.Policy = field(default_factory=core.Policy)
+    sweep_interval: float = 60.0
+    dangling_grace: timedelta = timedelta(seconds=60)
+    batch_window: float = 0.01
+    kubeconfig: str | None = None
+
+
+@dataclass
+class Runtime:
+    """Per-process state shared by the handlers (kept in kopf's memo)."""
+
+    kube: Kube
+    config: OperatorConfig
+    jobs: dict[JobKey, Job] = field(default_factory=dict)
+    locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
+    timers: dict[JobKey, asyncio.TimerHandle] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    handled_first: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def lock(self, key: JobKey) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: JobKey) -> None:
+        self.jobs.pop(key, None)
+        self.locks.pop(key, None)
+        timer = self.timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def key_of(job: Job) -> JobKey:
+    return (job.metadata.namespace or "", job.metadata.name)
+
+
+# --- writing a decision ---------------------------------------------------------------
+
+
+async def fresh(rt: Runtime, key: JobKey) -> Job | None:
+    """The job as the API server has it now (None if it is gone)."""
+    try:
+        job = await rt.kube.get_job(*key)
+    except NotFound:
+        rt.jobs.pop(key, None)
+        return None
+    rt.jobs[key] = job
+    return job
+
+
+async def decide_and_write(
+    rt: Runtime, job: Job, decide: Callable[[Job, datetime], core.Decision],
+) -> Job | None:
+    """Apply `decide` to the job in one CAS write; on 409, re-read and re-decide.
+
+    Returns the job after the write (or as it is, if nothing changed); None if
+    the job no longer exists.
+    """
+    key = key_of(job)
+    current: Job | None = job
+    for _ in range(CAS_ATTEMPTS):
+        if current is None:
+            return None
+        decision = decide(current, utcnow())
+        if not decision.changes(current):
+            return current
+        try:
+            written = await rt.kube.write_job_status(current, decision.status)
+        except Conflict:
+            metrics.CONFLICTS.inc()
+            current = await fresh(rt, key)
+            continue
+        except NotFound:
+            rt.jobs.pop(key, None)
+            return None
+        rt.jobs[key] = written
+        record(current, written)
+        for event in decision.events:
+            await rt.kube.post_event(written, event)
+        if decision.delete_executor and decision.delete_executor != written.status.executor:
+            await rt.kube.delete_executor(key[0], decision.delete_executor)
+        return written
+    raise kopf.TemporaryError(f"job {key[0]}/{key[1]} kept changing; will retry", delay=1)
+
+
+def record(before: Job, after: Job) -> None:
+    """Count what a write did, for the metrics."""
+    old, new = before.status, after.status
+    if new.reschedule is not None and new.reschedule != old.reschedule:
+        metrics.RESCHEDULE_REQUESTS.labels(new.reschedule.outcome).inc()
+        observe_latency(after, names.RESCHEDULE_ANNOTATION, new.reschedule.handled_at)
+    if new.cancel is not None and new.cancel != old.cancel:
+        metrics.CANCEL_REQUESTS.labels(new.cancel.outcome).inc()
+    for rejected in new.rejected_requests:
+        if rejected not in old.rejected_requests:
+            kind = metrics.RESCHEDULE_REQUESTS if rejected.annotation == \
+                names.RESCHEDULE_ANNOTATION else metrics.CANCEL_REQUESTS
+            kind.labels("invalid").inc()
+    if new.auto_reschedules > old.auto_reschedules:
+        metrics.AUTO_RESCHEDULES.labels("rescheduled").inc()
+    if new.reason == "ExecutorLostTooOften" and old.reason != new.reason:
+        metrics.AUTO_RESCHEDULES.labels("failed").inc()
+    if new.attempt > old.attempt:
+        metrics.DISPATCHES.inc()
+
+
+def observe_latency(job: Job, annotation: str, handled_at: str) -> None:
+    times = [
+        str(entry.get("time")) for entry in job.metadata.managed_fields
+        if f"f:{annotation}" in (entry.get("fieldsV1") or {}).get("f:metadata", {})
+        .get("f:annotations", {}) and entry.get("time")
+    ]
+    if times:
+        latency = core.parse_time(handled_at) - core.parse_time(max(times))
+        metrics.REQUEST_LATENCY.observe(max(latency.total_seconds(), 0.0))
+
+
+# --- dispatch ----------------------------------------------------------------------
+
+
+async def dispatch(rt: Runtime, job: Job) -> Job | None:
+    """Place a pending job on a fresh ExecutorCluster: create it first, then CAS the status.
+
+    Creation is idempotent: a cluster made for this attempt by an earlier try
+    (crash, conflict, another replica) is found by its labels and reused, so a
+    crash between the two writes never leaves two clusters.
+    """
+    key = key_of(job)
+    current: Job | None = job
+    for _ in range(CAS_ATTEMPTS):
+        if current is None:
+            return None
+        due = core.dispatch_due(current, utcnow())
+        if due is None:
+            return current
+        if due > timedelta(0):
+            schedule(rt, key, due.total_seconds())
+            return current
+        executor = await executor_for_next_attempt(rt, current)
+        try:
+            written = await rt.kube.write_job_status(
+                current, core.dispatch(current, executor, utcnow()).status)
+        except Conflict:
+            metrics.CONFLICTS.inc()
+            current = await fresh(rt, key)
+            # The cluster stays only if the job still waits for it or holds it already.
+            if current is None or (core.dispatch_due(current, utcnow()) is None
+                                   and current.status.executor != executor):
+                await rt.kube.delete_executor(key[0], executor)
+            continue
+        except NotFound:
+            await rt.kube.delete_executor(key[0], executor)
+            return None
+        rt.jobs[key] = written
+        record(current, written)
+        return written
+    raise kopf.TemporaryError(f"job {key[0]}/{key[1]} kept changing; will retry", delay=1)
+
+
+async def executor_for_next_attempt(rt: Runtime, job: Job) -> str:
+    namespace = job.metadata.namespace or ""
+    attempt = job.status.attempt + 1
+    made = await rt.kube.list_executors(
+        namespace, label_selector=f"{names.JOB_UID_LABEL}={job.metadata.uid}")
+    for executor in made:
+        if executor.spec.attempt == attempt and not executor.metadata.deletion_timestamp:
+            return executor.metadata.name
+    name = core.new_executor_name(str(uuid.uuid4()))
+    await rt.kube.create_executor(core.executor_manifest(job, name))
+    return name
+
+
+def schedule(rt: Runtime, key: JobKey, delay: float) -> None:
+    """Reconcile the job again after `delay` seconds (dispatch backoff)."""
+    old = rt.timers.pop(key, None)
+    if old is not None:
+        old.cancel()
+    loop = asyncio.get_running_loop()
+    rt.timers[key] = loop.call_later(
+        delay, lambda: rt.spawn(reconcile_by_key(rt, key)))
+
+
+async def reconcile_by_key(rt: Runtime, key: JobKey) -> None:
+    rt.timers.pop(key, None)
+    job = await fresh(rt, key)
+    if job is not None:
+        await reconcile_job(rt, job)
+
+
+# --- the reconcilers -------------------------------------------------------------
+
+
+async def reconcile_job(rt: Runtime, job: Job) -> None:
+    """A job changed (or is seen for the first time): requests, then dispatch."""
+    key = key_of(job)
+    async with rt.lock(key):
+        current = await decide_and_write(rt, job, core.reconcile)
+        if current is not None:
+            await dispatch(rt, current)
+    rt.handled_first.set()
+
+
+async def reconcile_executor(
+    rt: Runtime, executor: ExecutorCluster, deleted: bool, source: str,
+) -> None:
+    """An ExecutorCluster changed or vanished: the job follows, or the cluster goes."""
+    namespace = executor.metadata.namespace or ""
+    name = executor.metadata.name
+    key = (namespace, executor.spec.job_ref.name)
+    async with rt.lock(key):
+        job = rt.jobs.get(key) or await fresh(rt, key)
+        observed = None if deleted else executor
+
+        def follow(current: Job, now: datetime) -> core.Decision:
+            return core.follow_executor(current, observed, name, rt.config.policy, now)
+
+        if job is not None and job.metadata.uid == executor.spec.job_ref.uid:
+            before = job.status
+            job = await decide_and_write(rt, job, follow)
+            if job is not None and before.executor == name and job.status.executor != name \
+                    and not before.terminal:
+                lost = deleted or executor.status.phase == "Terminated"
+                if lost:
+                    metrics.ORPHANS_FOUND.labels(source).inc()
+            if job is not None:
+                await dispatch(rt, job)
+        if not deleted:
+            await delete_if_dangling(rt, executor, job)
+
+
+async def delete_if_dangling(rt: Runtime, executor: ExecutorCluster, job: Job | None) -> None:
+    now = utcnow()
+    grace = rt.config.dangling_grace
+    if not core.is_dangling(executor, job, grace, now):
+        return
+    key = (executor.metadata.namespace or "", executor.spec.job_ref.name)
+    # Confirm against the API server, not a cache, before deleting anything.
+    job = await fresh(rt, key)
+    if core.is_dangling(executor, job, grace, now):
+        log.info("deleting dangling %s/%s", key[0], executor.metadata.name)
+        if await rt.kube.delete_executor(key[0], executor.metadata.name):
+            metrics.DANGLING_DELETED.inc()
+
+
+async def sweep(rt: Runtime) -> None:
+    """Find what the watches cannot: losses while the operator was down, dangling clusters.
+
+    Jobs are listed before clusters, so a job dispatched in between has its
+    cluster in the second list (clusters are created before the status names them).
+    """
+    namespaces: list[str | None] = list(rt.config.namespaces) or [None]
+    for namespace in namespaces:
+        jobs = await rt.kube.list_jobs(namespace)
+        executors = await rt.kube.list_executors(namespace)
+        live = {(e.metadata.namespace, e.metadata.name): e for e in executors
+                if not e.metadata.deletion_timestamp}
+        by_key = {key_of(job): job for job in jobs}
+        for job in jobs:
+            rt.jobs.setdefault(key_of(job), job)
+            current = job.status.executor
+            if current and not job.status.terminal and \
+                    (job.metadata.namespace, current) not in live:
+                gone = ExecutorCluster.model_validate({
+                    "metadata": {"name": current, "namespace": job.metadata.namespace},
+                    "spec": {"jobRef": {"name": job.metadata.name, "uid": job.metadata.uid},
+                             "attempt": max(job.status.attempt, 1)},
+                })
+                await reconcile_executor(rt, gone, deleted=True, source="sweep")
+            elif core.dispatch_due(job, utcnow()) is not None or core.reconcile(
+                    job, utcnow()).changes(job):
+                await reconcile_job(rt, job)
+        for executor in live.values():
+            owner = by_key.get((executor.metadata.namespace or "", executor.spec.job_ref.name))
+            await delete_if_dangling(rt, executor, owner)
+
+
+async def sweep_forever(rt: Runtime) -> None:
+    while True:
+        try:
+            await sweep(rt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            metrics.ERRORS.labels("sweep").inc()
+            log.exception("sweep failed; retrying at the next interval")
+        await asyncio.sleep(rt.config.sweep_interval)
+
+
+async def guarded(rt: Runtime, key: JobKey, stage: str, work: Any) -> None:
+    """Run a reconcile; on an unexpected error, log it and try the job again soon.
+
+    kopf does not retry event handlers, and the operator must never crash on
+    one job's data or a passing API failure.
+    """
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        metrics.ERRORS.labels(stage).inc()
+        log.error("reconciling %s/%s failed (%s); retrying in %.0fs", key[0], key[1], error,
+                  RETRY_DELAY, exc_info=not isinstance(error, kopf.TemporaryError))
+        schedule(rt, key, RETRY_DELAY)
+
+
+# --- kopf wiring -------------------------------------------------------------------
+
+
+def make_registry() -> kopf.OperatorRegistry:
+    """The operator's handlers, in a registry of their own (nothing global)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """Credentials from the service account in a pod, else from the kubeconfig."""
+        info: kopf.ConnectionInfo | None = (kopf.login_with_service_account(**kwargs)
+                                            or kopf.login_with_kubeconfig(**kwargs))
+        return info
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        rt: Runtime = memo["runtime"]
+        settings.posting.enabled = False  # our events are our own; no log spam as events
+        settings.batching.batch_window = rt.config.batch_window
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+        rt.spawn(sweep_forever(rt))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        rt: Runtime = memo["runtime"]
+        for timer in rt.timers.values():
+            timer.cancel()
+        for task in list(rt.tasks):
+            task.cancel()
+
+    @kopf.on.event(names.GROUP, names.VERSION, names.JOB_PLURAL, registry=registry)
+    async def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+        rt: Runtime = memo["runtime"]
+        body = event.get("object") or {}
+        try:
+            job = Job.model_validate(body)
+        except ValueError as error:
+            metrics.ERRORS.labels("parse").inc()
+            log.warning("ignoring a Job the operator cannot read: %s", error)
+            return
+        key = key_of(job)
+        if event.get("type") == "DELETED":
+            rt.forget(key)
+            for executor in await rt.kube.list_executors(
+                    key[0], label_selector=f"{names.JOB_UID_LABEL}={job.metadata.uid}"):
+                await rt.kube.delete_executor(key[0], executor.metadata.name)
+            return
+        rt.jobs[key] = job
+        await guarded(rt, key, "job", reconcile_job(rt, job))
+
+    @kopf.on.event(names.GROUP, names.VERSION, names.EXECUTOR_PLURAL, registry=registry)
+    async def executor_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+        rt: Runtime = memo["runtime"]
+        try:
+            executor = ExecutorCluster.model_validate(event.get("object") or {})
+        except ValueError as error:
+            metrics.ERRORS.labels("parse").inc()
+            log.warning("ignoring an ExecutorCluster the operator cannot read: %s", error)
+            return
+        key = (executor.metadata.namespace or "", executor.spec.job_ref.name)
+        deleted = event.get("type") == "DELETED"
+        await guarded(rt, key, "executor", reconcile_executor(rt, executor, deleted, "watch"))
+
+    return registry
+
+
+async def run_operator(
+    config: OperatorConfig, stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run the operator until `stop_flag` is set (or forever)."""
+    async with Kube.connect(config.kubeconfig) as kube:
+        runtime = Runtime(kube=kube, config=config)
+        await kopf.operator(
+            registry=make_registry(),
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            memo=kopf.Memo(runtime=runtime),
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )

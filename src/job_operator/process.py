@@ -1,0 +1,102 @@
+"""The `job-operator run` process: health and metrics endpoints, leader election, kopf."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+import prometheus_client
+from aiohttp import web
+
+from job_operator.cli_support import lease_namespace
+from job_operator.kube import Kube
+from job_operator.leader import LeaderElector, LeaseConfig
+from job_operator.operator import OperatorConfig, run_operator
+
+log = logging.getLogger(__name__)
+
+
+class Health:
+    """What /healthz and /readyz report."""
+
+    def __init__(self) -> None:
+        self.role = "starting"
+        self.operator_ready = asyncio.Event()
+
+
+async def start_endpoints(address: str, port: int, health: Health) -> web.AppRunner | None:
+    """Serve /metrics (Prometheus), /healthz (liveness) and /readyz (readiness)."""
+    if port == 0:
+        return None
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=prometheus_client.generate_latest(),
+                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text=f"ok ({health.role})\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = health.role == "standby" or health.operator_ready.is_set()
+        return web.Response(text=f"{health.role}\n", status=200 if ready else 503)
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
+                    web.get("/readyz", readyz)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port).start()
+    log.info("serving /metrics, /healthz and /readyz on %s:%d", address, port)
+    return runner
+
+
+async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    health = Health()
+    runner = await start_endpoints(args.metrics_address, args.metrics_port, health)
+    try:
+        if not args.leader_elect:
+            health.role = "leader"
+            await run_operator(config, stop, health.operator_ready)
+            return 0
+        async with Kube.connect(config.kubeconfig) as kube:
+            lease = LeaseConfig(
+                namespace=args.lease_namespace or lease_namespace(),
+                name=args.lease_name,
+                identity=args.identity or f"{socket.gethostname()}-{os.getpid()}",
+                duration=args.lease_duration,
+            )
+            elector = LeaderElector(kube, lease)
+            health.role = "standby"
+            if not await elector.acquire(stop):
+                return 0
+            health.role = "leader"
+            operator_stop = asyncio.Event()
+            keeper = asyncio.create_task(elector.keep(operator_stop))
+            relay = asyncio.create_task(stop.wait())
+            relay.add_done_callback(lambda _: operator_stop.set())
+            try:
+                await run_operator(config, operator_stop, health.operator_ready)
+            finally:
+                operator_stop.set()
+                relay.cancel()
+                await keeper
+            if elector.lost:
+                log.error("lost leadership; exiting so that only one replica acts")
+                return 1
+            await elector.release()
+            return 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+def run_process(config: OperatorConfig, args: argparse.Namespace) -> int:
+    return asyncio.run(serve(config, args))

@@ -1,0 +1,44 @@
+"""The seed API's shapes (snake_case) of a Job and of a reschedule result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from job_operator.models import Job
+
+
+def seed_job(job: Job) -> dict[str, Any]:
+    """The job as the seed's HTTP API shows it."""
+    spec, status = job.spec, job.status
+    source = spec.request_source
+    return {
+        "job_id": job.metadata.uid,
+        "state": status.state,
+        "type": spec.type,
+        "input": spec.input,
+        "executor": status.executor,
+        "data_plane_id": spec.data_plane_id,
+        "request_source": None if source is None else {
+            "type": source.type, "company_id": source.company_id, "user_id": source.user_id,
+        },
+        "idempotency_key": spec.idempotency_key,
+        "result": status.result,
+        "created_at": job.metadata.creation_timestamp,
+        "updated_at": status.updated_at,
+        "ended_at": status.ended_at,
+    }
+
+
+def seed_result(outcome: str, job: Job) -> dict[str, Any]:
+    """A reschedule (or cancel) result: what happened, plus the job afterwards."""
+    return {"outcome": outcome, **seed_job(job)}
+
+
+def as_text(result: dict[str, Any]) -> str:
+    """Aligned `key: value` lines, for people."""
+    width = max(len(k) for k in result)
+    lines = []
+    for k, v in result.items():
+        shown = "-" if v is None else v
+        lines.append(f"{k.ljust(width)}  {shown}")
+    return "\n".join(lines)

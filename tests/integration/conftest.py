@@ -1,0 +1,280 @@
+"""Integration fixtures: the CRDs installed, and an operator and a simulator per test.
+
+Each test gets its own namespace, and its own operator and simulator processes
+scoped to it (`-n NAMESPACE`), so tests can stop, kill and restart them freely.
+They are the real `job-operator` program, run as a person would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from job_operator import names
+from tests.helpers import Kube, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_NAMES = (f"{names.JOB_PLURAL}.{names.GROUP}", f"{names.EXECUTOR_PLURAL}.{names.GROUP}")
+
+# Fast settings for tests: short backoff, frequent sweeps.
+OPERATOR_TEST_FLAGS = (
+    "--backoff-base", "0.2", "--backoff-cap", "1", "--sweep-interval", "2",
+    "--dangling-grace", "3",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Kube) -> None:
+    """The project's CRDs, applied from crds/ and Established."""
+    kube.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kube.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                     *(f"crd/{name}" for name in CRD_NAMES))
+
+
+@dataclass
+class Process:
+    """A job-operator subprocess, with its log kept for failure reports."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"--- start {self.starts}: {' '.join(self.argv)}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL past the deadline."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the process can tell."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Operator(Process):
+    metrics_port: int = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def ready(self) -> bool:
+        if not self.running():
+            raise AssertionError(f"operator exited:\n{self.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(self.url("/readyz"), timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def start_and_wait(self) -> None:
+        self.start()
+        wait_for(self.ready, timeout=60, description="the operator's /readyz")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as response:
+            text: str = response.read().decode()
+            return text
+
+
+def job_operator_env(kube: Kube) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def make_operator(
+    kube: Kube, namespace: str, crds: None, tmp_path: Path,
+) -> Iterator[Callable[..., Operator]]:
+    """Builds operator processes for the test's namespace (not started)."""
+    made: list[Operator] = []
+
+    def build(*extra: str, leader_elect: bool = False) -> Operator:
+        port = free_port()
+        argv = [sys.executable, "-m", "job_operator", "run", "-n", namespace,
+                "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
+                *OPERATOR_TEST_FLAGS, *extra]
+        if leader_elect:
+            argv += ["--lease-namespace", namespace, "--lease-duration", "4",
+                     "--identity", f"replica-{len(made)}"]
+        else:
+            argv.append("--no-leader-elect")
+        op = Operator(argv, job_operator_env(kube), tmp_path / f"operator-{len(made)}.log",
+                      metrics_port=port)
+        made.append(op)
+        return op
+
+    yield build
+    for op in made:
+        op.stop()
+
+
+@pytest.fixture
+def operator(make_operator: Callable[..., Operator]) -> Operator:
+    """A running operator for the test's namespace."""
+    op = make_operator()
+    op.start_and_wait()
+    return op
+
+
+@pytest.fixture
+def make_simulator(
+    kube: Kube, namespace: str, crds: None, tmp_path: Path,
+) -> Iterator[Callable[..., Process]]:
+    made: list[Process] = []
+
+    def build(*extra: str) -> Process:
+        argv = [sys.executable, "-m", "job_operator", "simulate", "-n", namespace,
+                "--provision-seconds", "0.1", "--run-seconds", "0.5", "--seed", "7", *extra]
+        sim = Process(argv, job_operator_env(kube), tmp_path / f"simulator-{len(made)}.log")
+        made.append(sim)
+        return sim
+
+    yield build
+    for sim in made:
+        sim.stop()
+
+
+@pytest.fixture
+def simulator(make_simulator: Callable[..., Process]) -> Process:
+    sim = make_simulator()
+    sim.start()
+    return sim
+
+
+@dataclass
+class Jobs:
+    """Jobs in one namespace, driven with kubectl as a user would."""
+
+    kube: Kube
+    namespace: str
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def manifest(self, name: str, *, annotations: dict[str, str] | None = None,
+                 **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": names.API_VERSION, "kind": names.JOB_KIND,
+            "metadata": {"name": name, "namespace": self.namespace,
+                         "annotations": annotations or {}},
+            "spec": {"type": "materialize-view", "input": {"dataset_id": 10736}, **spec},
+        }
+
+    def apply(self, manifest: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+        self.applied[manifest["metadata"]["name"]] = manifest
+        return self.kube.kubectl_run("apply", "-f", "-", *extra, input=yaml.safe_dump(manifest))
+
+    def create(self, name: str, *, annotations: dict[str, str] | None = None,
+               **spec: Any) -> dict[str, Any]:
+        manifest = self.manifest(name, annotations=annotations, **spec)
+        self.apply(manifest)
+        return manifest
+
+    def get(self, name: str) -> dict[str, Any]:
+        out = self.kube.kubectl_run("get", "ojob", name, "-n", self.namespace, "-o", "json")
+        job: dict[str, Any] = json.loads(out.stdout)
+        return job
+
+    def status(self, name: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.get(name).get("status") or {}
+        return status
+
+    def annotate(self, name: str, annotations: dict[str, str]) -> None:
+        pairs = [f"{k}={v}" for k, v in annotations.items()]
+        self.kube.kubectl_run("annotate", "--overwrite", "ojob", name, "-n", self.namespace,
+                              *pairs)
+
+    def wait(self, name: str, predicate: Callable[[dict[str, Any]], bool], description: str,
+             timeout: float = 30.0) -> dict[str, Any]:
+        """Poll the job's status until `predicate(status)` holds; return that status."""
+        def check() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if predicate(status) else None
+        result: dict[str, Any] = wait_for(check, timeout=timeout, interval=0.2,
+                                          description=f"{name}: {description}")
+        return result
+
+    def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        return self.wait(name, lambda s: s.get("state") == state, f"state {state}", timeout)
+
+    def wait_running(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        return self.wait(name, lambda s: s.get("state") == "running" and bool(s.get("executor")),
+                         "running on an executor", timeout)
+
+    def executors(self) -> list[dict[str, Any]]:
+        out = self.kube.kubectl_run("get", "ec", "-n", self.namespace, "-o", "json")
+        items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+        return items
+
+    def executor_names(self) -> set[str]:
+        return {e["metadata"]["name"] for e in self.executors()}
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = self.kube.kubectl_run("get", "events", "-n", self.namespace, "-o", "json",
+                                    f"--field-selector=involvedObject.name={name}")
+        items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+        return items
+
+    def event_reasons(self, name: str) -> list[str]:
+        return [e["reason"] for e in self.events(name)]
+
+    def wait_events(self, name: str, reason: str, count: int = 1,
+                    timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Wait until `count` events with `reason` are on the job; return them (exactly
+        `count`, or the assertion fails)."""
+        def check() -> list[dict[str, Any]] | None:
+            found = [e for e in self.events(name) if e["reason"] == reason]
+            return found if len(found) >= count else None
+        found: list[dict[str, Any]] = wait_for(check, timeout=timeout, interval=0.2,
+                                               description=f"{count} {reason} event(s) on {name}")
+        assert len(found) == count, found
+        return found
+
+
+@pytest.fixture
+def jobs(kube: Kube, namespace: str, crds: None) -> Jobs:
+    return Jobs(kube, namespace)
+
+
+# Job annotations telling the simulator how an attempt ends.
+HANG = {names.SIMULATE_OUTCOME_ANNOTATION: "hang"}
