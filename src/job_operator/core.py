@@ -38,11 +38,16 @@ EventType = Literal["Normal", "Warning"]
 
 @dataclass(frozen=True)
 class Event:
-    """A Kubernetes Event to post on the Job."""
+    """A Kubernetes Event to post on the Job.
+
+    `key` names what the event is about (a request's token, a lost executor): the
+    event's name is derived from it, so posting the same event twice is a no-op.
+    """
 
     type: EventType
     reason: str
     message: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,15 @@ class Request:
     @property
     def digest(self) -> str:
         return token_digest(self.token)
+
+    @property
+    def key(self) -> str:
+        """What events about this request are keyed by."""
+        return request_key(self.annotation, self.digest)
+
+
+def request_key(annotation: str, digest: str) -> str:
+    return f"{annotation}:{digest}"
 
 
 def token_digest(token: str) -> str:
@@ -209,7 +223,7 @@ def reject(job: Job, request: Request, reason: str, message: str, now: datetime)
     })
     event_reason = ("InvalidRescheduleRequest" if condition_type == RESCHEDULE_REQUEST_VALID
                     else "InvalidCancelRequest")
-    return Decision(new, (Event("Warning", event_reason, message),))
+    return Decision(new, (Event("Warning", event_reason, message, request.key),))
 
 
 def reschedule(job: Job, request: Request, now: datetime) -> Decision:
@@ -228,7 +242,7 @@ def reschedule(job: Job, request: Request, now: datetime) -> Decision:
                                    generation)
         new = status.model_copy(update={"reschedule": skipped, "conditions": conditions})
         new = _valid(new, now, generation)
-        return Decision(new, (Event("Normal", "RescheduleSkipped", message),))
+        return Decision(new, (Event("Normal", "RescheduleSkipped", message, request.key),))
     reason = "Forced" if request.force else "ManualRequest"
     requeued = _requeued(job, "Rescheduled", now)
     message = (f"rescheduled from {status.state}"
@@ -240,7 +254,7 @@ def reschedule(job: Job, request: Request, now: datetime) -> Decision:
                                     generation),
     })
     new = _valid(new, now, generation)
-    return Decision(new, (Event("Normal", "Rescheduled", message),),
+    return Decision(new, (Event("Normal", "Rescheduled", message, request.key),),
                     delete_executor=status.executor)
 
 
@@ -259,7 +273,7 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
         skipped = record.model_copy(update={"outcome": "skipped_terminal"})
         message = f"job is already {status.state}; cancel ignored"
         return Decision(status.model_copy(update={"cancel": skipped}),
-                        (Event("Normal", "CancelSkipped", message),))
+                        (Event("Normal", "CancelSkipped", message, request.key),))
     new = status.model_copy(update={
         "state": "cancelled", "executor": None, "reason": "Cancelled", "message": None,
         "ended_at": rfc3339(now), "updated_at": rfc3339(now), "cancel": record,
@@ -268,7 +282,7 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
                                     now, job.metadata.generation),
     })
     message = "cancelled" + (f"; deleting {status.executor}" if status.executor else "")
-    return Decision(new, (Event("Normal", "Cancelled", message),),
+    return Decision(new, (Event("Normal", "Cancelled", message, request.key),),
                     delete_executor=status.executor)
 
 
@@ -344,7 +358,7 @@ def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision
             "conditions": set_condition(status, DISPATCHED, False, "ExecutorLostTooOften",
                                         message, now, generation),
         })
-        return Decision(new, (Event("Warning", "ExecutorLostTooOften", message),),
+        return Decision(new, (Event("Warning", "ExecutorLostTooOften", message, f"lost:{lost}"),),
                         delete_executor=lost)
     losses = status.auto_reschedules + 1
     delay = policy.backoff(losses)
@@ -357,7 +371,8 @@ def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision
         "conditions": set_condition(requeued, RESCHEDULED, True, "ExecutorLost", message, now,
                                     generation),
     })
-    return Decision(new, (Event("Warning", "ExecutorLost", message),), delete_executor=lost)
+    return Decision(new, (Event("Warning", "ExecutorLost", message, f"lost:{lost}"),),
+                    delete_executor=lost)
 
 
 def follow_executor(
@@ -397,7 +412,8 @@ def follow_executor(
             "message": executor.status.message or f"{name} failed",
             "started_at": status.started_at or stamp, "ended_at": stamp, "updated_at": stamp,
             "observed_generation": generation,
-        }), (Event("Warning", "ExecutorFailed", executor.status.message or f"{name} failed"),))
+        }), (Event("Warning", "ExecutorFailed", executor.status.message or f"{name} failed",
+                   f"failed:{name}"),))
     return Decision(status)
 
 
@@ -428,6 +444,44 @@ def is_dangling(executor: ExecutorCluster, job: Job | None, grace: timedelta,
     if created is None:
         return False
     return now - parse_time(created) > grace and dispatch_due(job, now) is None
+
+
+def recorded_events(job: Job, since: datetime) -> list[Event]:
+    """The events of the requests recorded in the job's status since `since`.
+
+    After a crash between a status write and its event, the operator posts
+    these again at start-up; events are keyed, so those already posted stay single.
+    """
+    status = job.status
+    events: list[Event] = []
+    record = status.reschedule
+    if record is not None and parse_time(record.handled_at) >= since:
+        key = request_key(names.RESCHEDULE_ANNOTATION, token_digest(record.request))
+        if record.outcome == "rescheduled":
+            events.append(Event("Normal", "Rescheduled",
+                                f"rescheduled from {record.previous_state}", key))
+        else:
+            events.append(Event("Normal", "RescheduleSkipped",
+                                f"job was {record.previous_state}; not forced", key))
+    cancelled = status.cancel
+    if cancelled is not None and parse_time(cancelled.handled_at) >= since:
+        key = request_key(names.CANCEL_ANNOTATION, token_digest(cancelled.request))
+        reason = "Cancelled" if cancelled.outcome == "cancelled" else "CancelSkipped"
+        events.append(Event("Normal", reason, f"cancel request; job was "
+                                              f"{cancelled.previous_state}", key))
+    for rejected in status.rejected_requests:
+        if parse_time(rejected.rejected_at) >= since:
+            reason = ("InvalidRescheduleRequest" if rejected.annotation ==
+                      names.RESCHEDULE_ANNOTATION else "InvalidCancelRequest")
+            events.append(Event("Warning", reason, rejected.message,
+                                request_key(rejected.annotation, rejected.token_digest)))
+    return events
+
+
+def event_name(job: Job, event: Event) -> str:
+    """A stable name for an event: the same event about the same job, the same name."""
+    digest = hashlib.sha256(f"{job.metadata.uid}/{event.key}".encode()).hexdigest()[:16]
+    return f"{job.metadata.name[:200]}.{digest}"
 
 
 def new_executor_name(uuid: str) -> str:

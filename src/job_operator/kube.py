@@ -19,7 +19,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from job_operator import names
-from job_operator.core import Event, rfc3339
+from job_operator.core import Event, event_name, rfc3339
 from job_operator.models import ExecutorCluster, Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,14 @@ class Kube:
     # --- Events ---------------------------------------------------------------------
 
     async def post_event(self, job: Job, event: Event, component: str = "job-operator") -> None:
-        """Record an Event on the Job (best effort: a lost event never fails a decision)."""
+        """Record an Event on the Job, once: its name comes from the event's key, so a
+        second post of the same event is refused (409) and ignored. Best effort: a
+        failed post never fails a decision (start-up repairs recent ones)."""
         meta = job.metadata
         now = rfc3339_now()
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta.name}.", "namespace": meta.namespace},
+            "metadata": {"name": event_name(job, event), "namespace": meta.namespace},
             "involvedObject": {
                 "apiVersion": names.API_VERSION, "kind": names.JOB_KIND, "name": meta.name,
                 "namespace": meta.namespace, "uid": meta.uid,
@@ -195,9 +197,23 @@ class Kube:
         try:
             await retry_transient(lambda: self.core.create_namespaced_event(meta.namespace, body),
                                   attempts=3)
+        except Conflict:
+            log.debug("event %s on %s/%s was already posted", event.reason, meta.namespace,
+                      meta.name)
         except (TimeoutError, ApiException, OSError) as error:
             log.warning("could not post event %s on %s/%s: %s",
                         event.reason, meta.namespace, meta.name, error)
+
+    async def event_names(self, namespace: str | None) -> set[str]:
+        """Names of the Job events in a namespace (None: all namespaces)."""
+        selector = f"involvedObject.kind={names.JOB_KIND}"
+        if namespace is None:
+            raw = await retry_transient(lambda: self.core.list_event_for_all_namespaces(
+                field_selector=selector))
+        else:
+            raw = await retry_transient(lambda: self.core.list_namespaced_event(
+                namespace, field_selector=selector))
+        return {item.metadata.name for item in raw.items}
 
     async def list_job_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         raw = await retry_transient(lambda: self.core.list_namespaced_event(

@@ -42,6 +42,7 @@ class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
     policy: core.Policy = field(default_factory=core.Policy)
     sweep_interval: float = 60.0
+    event_repair_window: timedelta = timedelta(minutes=30)
     dangling_grace: timedelta = timedelta(seconds=60)
     batch_window: float = 0.01
     kubeconfig: str | None = None
@@ -319,6 +320,27 @@ async def sweep(rt: Runtime) -> None:
             await delete_if_dangling(rt, executor, owner)
 
 
+async def repair_events(rt: Runtime) -> None:
+    """Post the events of recently handled requests that a crash kept from being posted.
+
+    Runs at start-up, before any watch: a request handled just before a crash
+    may have its status written and its event not yet posted.
+    """
+    since = utcnow() - rt.config.event_repair_window
+    namespaces: list[str | None] = list(rt.config.namespaces) or [None]
+    for namespace in namespaces:
+        jobs = await rt.kube.list_jobs(namespace)
+        wanted = [(job, event) for job in jobs for event in core.recorded_events(job, since)]
+        if not wanted:
+            continue
+        posted = await rt.kube.event_names(namespace)
+        for job, event in wanted:
+            if core.event_name(job, event) not in posted:
+                log.info("posting the missed %s event of %s/%s", event.reason,
+                         job.metadata.namespace, job.metadata.name)
+                await rt.kube.post_event(job, event)
+
+
 async def sweep_forever(rt: Runtime) -> None:
     while True:
         try:
@@ -370,6 +392,7 @@ def make_registry() -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
+        await repair_events(rt)
         rt.spawn(sweep_forever(rt))
 
     @kopf.on.cleanup(registry=registry)

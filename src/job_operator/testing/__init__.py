@@ -1,0 +1,1 @@
+"""Test support: a real Kubernetes API server built from Debian packages."""
