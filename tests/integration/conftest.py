@@ -51,6 +51,18 @@ def crds(kube: Kube) -> None:
                      *(f"crd/{name}" for name in CRD_NAMES))
 
 
+@pytest.fixture(scope="session")
+def leases(kube: Kube) -> None:
+    """coordination.k8s.io Leases: built into real clusters; on the suite's control
+    plane, served by a stand-in CRD with the same group, version and fields."""
+    found = kube.kubectl_run("api-resources", "--api-group=coordination.k8s.io", "-o", "name")
+    if "leases" in found.stdout:
+        return
+    kube.kubectl_run("apply", "-f", str(REPO / "hack" / "controlplane" / "leases-crd.yaml"))
+    kube.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/leases.coordination.k8s.io")
+
+
 @dataclass
 class Process:
     """A job-operator subprocess, with its log kept for failure reports."""
@@ -112,6 +124,15 @@ class Operator(Process):
     def start_and_wait(self) -> None:
         self.start()
         wait_for(self.ready, timeout=60, description="the operator's /readyz")
+
+    def health(self) -> str:
+        """/healthz's text: `ok (leader)`, `ok (standby)`, ... ('' while unreachable)."""
+        try:
+            with urllib.request.urlopen(self.url("/healthz"), timeout=2) as response:
+                text: str = response.read().decode()
+                return text
+        except (urllib.error.URLError, OSError):
+            return ""
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.url("/metrics"), timeout=5) as response:

@@ -1,0 +1,117 @@
+"""Nothing lost, nothing done twice: the operator crashing, the API server or etcd
+restarting, two replicas — during storms of reschedule requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from job_operator.kube import Kube as Api
+from tests.helpers import Kube, async_wait_for
+from tests.integration.conftest import Operator, Process
+from tests.integration.storm import Storm, during
+from tests.invariants import check_invariants
+
+SEED = int(os.environ.get("JOB_OPERATOR_CHAOS_SEED", "20261129"))
+
+
+@pytest.fixture
+async def api(kube: Kube) -> AsyncIterator[Api]:
+    async with Api.connect(str(kube.kubeconfig)) as client:
+        yield client
+
+
+async def settled_invariants(storm: Storm, timeout: float = 60.0) -> None:
+    """Wait (with a deadline) until the invariants hold; fail with the last breaches."""
+    last: list[str] = []
+
+    async def holds() -> bool:
+        nonlocal last
+        report = check_invariants(await storm.snapshot(), storm.tokens)
+        last = report.violations
+        return bool(report)
+    try:
+        await async_wait_for(holds, timeout=timeout, interval=1.0,
+                             description="the invariants")
+    except AssertionError:
+        pytest.fail("invariants broken:\n" + "\n".join(last[:40]), pytrace=False)
+
+
+async def test_sigkill_during_a_storm_loses_and_duplicates_nothing(
+    kube: Kube, namespace: str, api: Api, operator: Operator, simulator: Process,
+) -> None:
+    rng = random.Random(SEED)
+    storm = Storm(kube, api, namespace)
+    storm.create(240)
+    await storm.settle_dispatch()
+    kills = 0
+    for round_ in range(3):
+        async def chaos() -> None:
+            nonlocal kills
+            for _ in range(2):
+                await asyncio.sleep(rng.uniform(0.05, 1.5))  # a random moment, not a wait
+                operator.kill()
+                kills += 1
+                operator.start()
+        await during(storm.request_round(f"r{round_}"), chaos)
+        await storm.wait_handled()
+    assert kills == 6 and operator.starts == 7
+    await settled_invariants(storm)
+
+
+@pytest.mark.parametrize("part", ["apiserver", "etcd"])
+async def test_control_plane_restart_during_a_storm(
+    kube: Kube, namespace: str, api: Api, operator: Operator, simulator: Process, part: str,
+) -> None:
+    if kube.control_plane is None:
+        pytest.skip("restarting the API server or etcd needs the suite's own control plane")
+    control_plane = kube.control_plane
+    restart: Callable[[], None] = (control_plane.restart_apiserver if part == "apiserver"
+                                   else control_plane.restart_etcd)
+    storm = Storm(kube, api, namespace)
+    storm.create(80)
+    await storm.settle_dispatch()
+    for round_ in range(2):
+        async def chaos() -> None:
+            await asyncio.sleep(0.3)  # a moment into the round, not a wait
+            await asyncio.to_thread(restart)
+        try:
+            await during(storm.request_round(f"{part}{round_}"), chaos)
+        except Exception as error:  # the storm's own writes may fail while it is down
+            if "Connect" not in type(error).__name__ and not isinstance(error, OSError):
+                raise
+            await storm.request_round(f"{part}{round_}b")
+        await storm.wait_handled()
+    assert operator.running()
+    await settled_invariants(storm)
+
+
+async def test_two_replicas_one_acts_and_the_other_takes_over(
+    kube: Kube, namespace: str, api: Api, make_operator: Callable[..., Operator],
+    simulator: Process, leases: None,
+) -> None:
+    first = make_operator(leader_elect=True)
+    second = make_operator(leader_elect=True)
+    first.start_and_wait()
+    second.start_and_wait()
+    storm = Storm(kube, api, namespace)
+    storm.create(60)
+    await storm.settle_dispatch()
+    snapshot = await storm.snapshot()
+    for job in snapshot.jobs:  # dispatched exactly once: attempt 1, one cluster
+        assert job["status"]["attempt"] == 1, job["metadata"]["name"]
+    assert len(snapshot.executors) == len(snapshot.jobs)
+    leader, standby = (first, second) if "leader" in first.health() else (second, first)
+    assert "standby" in standby.health()
+    await storm.request_round("before")
+    await storm.wait_handled()
+    leader.kill()
+    await async_wait_for(lambda: asyncio.to_thread(lambda: "leader" in standby.health()),
+                         timeout=30, description="the standby taking over")
+    await storm.request_round("after")
+    await storm.wait_handled(timeout=120)
+    await settled_invariants(storm)
