@@ -12,10 +12,10 @@ executor up at the phase it is in and carries it on to the same outcome.
 
 The owning Job may override the plan, for demos and tests:
 
-    simulate.job-operator.dev/outcome: succeed | fail | terminate | hang
+    simulate.job-operator.dev/outcome: succeed | fail | terminate | hang | stall
     simulate.job-operator.dev/run-seconds: "2.5"
 
-(`hang` reaches `Running` and stays there; a hung executor is looked at again
+(`hang` reaches `Running` and stays there, `stall` stays `Provisioning`; a hung executor is looked at again
 when it changes or at the simulator's next re-list.)
 """
 
@@ -44,7 +44,7 @@ from job_operator.models import ExecutorPhase
 
 log = logging.getLogger("job_operator.simulator")
 
-Outcome = Literal["succeed", "fail", "terminate", "hang"]
+Outcome = Literal["succeed", "fail", "terminate", "hang", "stall"]
 OUTCOMES: Final[tuple[str, ...]] = get_args(Outcome)
 TERMINAL_PHASES: Final[frozenset[str]] = frozenset({"Succeeded", "Failed", "Terminated"})
 
@@ -216,10 +216,9 @@ def plan(
         "recalculation_id": str(recalculation_id),
     }
 
-    steps = [
-        Step("Provisioning", 0.0, "Provisioning the cluster (simulated)."),
-        Step("Running", provision, "The cluster is running the job (simulated)."),
-    ]
+    steps = [Step("Provisioning", 0.0, "Provisioning the cluster (simulated).")]
+    if outcome != "stall":
+        steps.append(Step("Running", provision, "The cluster is running the job (simulated)."))
     if outcome == "succeed":
         steps.append(Step("Succeeded", run, "The job succeeded (simulated).", result))
     elif outcome == "fail":
@@ -376,6 +375,8 @@ class Simulator:
                 log.warning("watching executors in %s: %s %s", scope, error.status, error.reason)
             except (NotFound, OSError, TimeoutError, aiohttp.ClientError) as error:
                 log.warning("watching executors in %s: %r", scope, error)
+            except Exception:  # a long-running simulator outlives odd answers; keep the trace
+                log.exception("watching executors in %s", scope)
             else:
                 continue
             await asyncio.sleep(backoff)
