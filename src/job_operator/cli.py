@@ -108,7 +108,7 @@ def handled(job: Job, annotation: str, token: str) -> bool:
 
 
 async def wait_handled(kube: Kube, job: Job, annotation: str, token: str,
-                       timeout: float) -> Job:  # noqa: ASYNC109 (a deadline, not a cancel scope)
+                       timeout: float) -> Job:
     """Watch the job until `token` is handled, or raise CliError at the deadline."""
     name, namespace = job.metadata.name, job.metadata.namespace or ""
     loop = asyncio.get_running_loop()

@@ -193,7 +193,8 @@ def _requeued(job: Job, reason: HistoryReason, now: datetime) -> JobStatus:
     """The job back on the queue: pending, no executor, the attempt moved into history."""
     status = job.status
     history = status.history
-    if status.executor is not None or status.terminal:
+    recorded = bool(history) and history[-1].attempt == status.attempt
+    if (status.executor is not None or status.terminal) and not recorded:
         history = _appended(history, _history_entry(status, reason, now))
     return status.model_copy(update={
         "state": "pending", "executor": None, "result": None, "reason": reason,
@@ -272,18 +273,34 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
     if status.terminal:
         skipped = record.model_copy(update={"outcome": "skipped_terminal"})
         message = f"job is already {status.state}; cancel ignored"
-        return Decision(status.model_copy(update={"cancel": skipped}),
-                        (Event("Normal", "CancelSkipped", message, request.key),))
+        new = _cancel_valid(status.model_copy(update={"cancel": skipped}), now,
+                            job.metadata.generation)
+        return Decision(new, (Event("Normal", "CancelSkipped", message, request.key),))
+    history = status.history
+    if status.executor is not None:  # the attempt ends here, and its executor goes
+        ended = status.model_copy(update={"state": "cancelled"})
+        history = _appended(history, _history_entry(ended, "Cancelled", now))
     new = status.model_copy(update={
+        "history": history,
         "state": "cancelled", "executor": None, "reason": "Cancelled", "message": None,
         "ended_at": rfc3339(now), "updated_at": rfc3339(now), "cancel": record,
         "dispatch_after": None, "observed_generation": job.metadata.generation,
         "conditions": set_condition(status, DISPATCHED, False, "Cancelled", "job cancelled",
                                     now, job.metadata.generation),
     })
+    new = _cancel_valid(new, now, job.metadata.generation)
     message = "cancelled" + (f"; deleting {status.executor}" if status.executor else "")
     return Decision(new, (Event("Normal", "Cancelled", message, request.key),),
                     delete_executor=status.executor)
+
+
+def _cancel_valid(status: JobStatus, now: datetime, generation: int | None) -> JobStatus:
+    """A handled cancel clears an earlier rejection (CancelRequestValid=False), if any."""
+    if status.condition(CANCEL_REQUEST_VALID) is None:
+        return status
+    conditions = set_condition(status, CANCEL_REQUEST_VALID, True, "Accepted",
+                               "the last cancel request was handled", now, generation)
+    return status.model_copy(update={"conditions": conditions})
 
 
 def handle_requests(job: Job, now: datetime) -> Decision:
@@ -387,7 +404,7 @@ def follow_executor(
         return Decision(status)
     if executor is None or executor.metadata.deletion_timestamp:
         return executor_lost(job, policy, now, "was deleted")
-    if executor.metadata.uid and executor.spec.job_ref.uid != job.metadata.uid:
+    if executor.spec.job_ref.uid != job.metadata.uid:
         return Decision(status)
     phase = executor.status.phase
     stamp = rfc3339(now)

@@ -19,7 +19,7 @@ ExecutorPhase = Literal["Provisioning", "Running", "Succeeded", "Failed", "Termi
 RescheduleOutcome = Literal["rescheduled", "skipped_terminal"]
 CancelOutcome = Literal["cancelled", "skipped_terminal"]
 ConditionStatus = Literal["True", "False", "Unknown"]
-HistoryReason = Literal["Rescheduled", "ExecutorLost"]
+HistoryReason = Literal["Rescheduled", "ExecutorLost", "Cancelled"]
 
 HISTORY_LIMIT: Final = 20
 TOKEN_MAX_LENGTH: Final = 256

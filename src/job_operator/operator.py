@@ -58,13 +58,22 @@ class Runtime:
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
     timers: dict[JobKey, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    handled_first: asyncio.Event = field(default_factory=asyncio.Event)
+    # The latest cluster made (or adopted) for each job uid: (attempt, name); and the
+    # jobs whose clusters made by an earlier process this one has looked for.
+    made: dict[str, tuple[int, str]] = field(default_factory=dict)
+    looked_up: set[str] = field(default_factory=set)
+    # The resourceVersion each of our status writes replaced: a watch event still
+    # carrying it is older than what we know, and is not acted on.
+    superseded: dict[JobKey, str] = field(default_factory=dict)
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
-    def forget(self, key: JobKey) -> None:
+    def forget(self, key: JobKey, uid: str) -> None:
         self.jobs.pop(key, None)
+        self.looked_up.discard(uid)
+        self.made.pop(uid, None)
+        self.superseded.pop(key, None)
         self.locks.pop(key, None)
         timer = self.timers.pop(key, None)
         if timer is not None:
@@ -94,22 +103,37 @@ async def fresh(rt: Runtime, key: JobKey) -> Job | None:
     return job
 
 
-async def decide_and_write(
+async def settle(
     rt: Runtime, job: Job, decide: Callable[[Job, datetime], core.Decision],
 ) -> Job | None:
-    """Apply `decide` to the job in one CAS write; on 409, re-read and re-decide.
+    """Apply `decide` to the job, and dispatch it if that leaves it waiting, in one
+    compare-and-swap status write; on 409, re-read and decide again.
 
-    Returns the job after the write (or as it is, if nothing changed); None if
-    the job no longer exists.
+    A dispatch creates (or finds) the job's next ExecutorCluster before the write,
+    so the status never names a cluster that does not exist, and a crash between
+    the two leaves a cluster the next try adopts. A reschedule is therefore one
+    status write: pending, the old attempt in history, the fresh executor named.
+    Returns the job afterwards; None if it no longer exists.
     """
     key = key_of(job)
     current: Job | None = job
+    made: str | None = None  # a cluster created by this call and not yet claimed
     for _ in range(CAS_ATTEMPTS):
         if current is None:
-            return None
-        decision = decide(current, utcnow())
+            break
+        now = utcnow()
+        decision = decide(current, now)
+        after = current.model_copy(update={"status": decision.status})
+        due = core.dispatch_due(after, now)
+        if due == timedelta(0):
+            executor = await executor_for_next_attempt(rt, after)
+            made = made or executor
+            dispatched = core.dispatch(after, executor, now).status
+            decision = core.Decision(dispatched, decision.events, decision.delete_executor)
+        elif due is not None:
+            schedule(rt, key, due.total_seconds())
         if not decision.changes(current):
-            return current
+            break
         try:
             written = await rt.kube.write_job_status(current, decision.status)
         except Conflict:
@@ -117,16 +141,27 @@ async def decide_and_write(
             current = await fresh(rt, key)
             continue
         except NotFound:
-            rt.jobs.pop(key, None)
-            return None
+            current = None
+            break
         rt.jobs[key] = written
+        rt.superseded[key] = current.metadata.resource_version
         record(current, written)
         for event in decision.events:
             await rt.kube.post_event(written, event)
         if decision.delete_executor and decision.delete_executor != written.status.executor:
             await rt.kube.delete_executor(key[0], decision.delete_executor)
-        return written
-    raise kopf.TemporaryError(f"job {key[0]}/{key[1]} kept changing; will retry", delay=1)
+        current = written
+        break
+    else:
+        raise kopf.TemporaryError(f"job {key[0]}/{key[1]} kept changing; will retry", delay=1)
+    if made is not None and (current is None or (
+            current.status.executor != made and core.dispatch_due(current, utcnow()) is None)):
+        if rt.made.get(job.metadata.uid, (0, ""))[1] == made:
+            del rt.made[job.metadata.uid]
+        await rt.kube.delete_executor(key[0], made)  # made, and no longer wanted
+    if current is None:
+        rt.jobs.pop(key, None)
+    return current
 
 
 def record(before: Job, after: Job) -> None:
@@ -164,55 +199,28 @@ def observe_latency(job: Job, annotation: str, handled_at: str) -> None:
 # --- dispatch ----------------------------------------------------------------------
 
 
-async def dispatch(rt: Runtime, job: Job) -> Job | None:
-    """Place a pending job on a fresh ExecutorCluster: create it first, then CAS the status.
-
-    Creation is idempotent: a cluster made for this attempt by an earlier try
-    (crash, conflict, another replica) is found by its labels and reused, so a
-    crash between the two writes never leaves two clusters.
-    """
-    key = key_of(job)
-    current: Job | None = job
-    for _ in range(CAS_ATTEMPTS):
-        if current is None:
-            return None
-        due = core.dispatch_due(current, utcnow())
-        if due is None:
-            return current
-        if due > timedelta(0):
-            schedule(rt, key, due.total_seconds())
-            return current
-        executor = await executor_for_next_attempt(rt, current)
-        try:
-            written = await rt.kube.write_job_status(
-                current, core.dispatch(current, executor, utcnow()).status)
-        except Conflict:
-            metrics.CONFLICTS.inc()
-            current = await fresh(rt, key)
-            # The cluster stays only if the job still waits for it or holds it already.
-            if current is None or (core.dispatch_due(current, utcnow()) is None
-                                   and current.status.executor != executor):
-                await rt.kube.delete_executor(key[0], executor)
-            continue
-        except NotFound:
-            await rt.kube.delete_executor(key[0], executor)
-            return None
-        rt.jobs[key] = written
-        record(current, written)
-        return written
-    raise kopf.TemporaryError(f"job {key[0]}/{key[1]} kept changing; will retry", delay=1)
-
-
 async def executor_for_next_attempt(rt: Runtime, job: Job) -> str:
-    namespace = job.metadata.namespace or ""
-    attempt = job.status.attempt + 1
-    made = await rt.kube.list_executors(
-        namespace, label_selector=f"{names.JOB_UID_LABEL}={job.metadata.uid}")
-    for executor in made:
-        if executor.spec.attempt == attempt and not executor.metadata.deletion_timestamp:
-            return executor.metadata.name
+    """The ExecutorCluster for the job's next attempt: found, or created fresh.
+
+    Clusters this process made are remembered; the first time it dispatches a
+    job, it also looks for one made by an earlier process (a crash between the
+    creation and the status write) and adopts it.
+    """
+    uid, attempt = job.metadata.uid, job.status.attempt + 1
+    made = rt.made.get(uid)
+    if made is not None and made[0] == attempt:
+        return made[1]
+    if uid not in rt.looked_up:
+        found = await rt.kube.list_executors(
+            job.metadata.namespace, label_selector=f"{names.JOB_UID_LABEL}={uid}")
+        rt.looked_up.add(uid)
+        for executor in found:
+            if executor.spec.attempt == attempt and not executor.metadata.deletion_timestamp:
+                rt.made[uid] = (attempt, executor.metadata.name)
+                return executor.metadata.name
     name = core.new_executor_name(str(uuid.uuid4()))
     await rt.kube.create_executor(core.executor_manifest(job, name))
+    rt.made[uid] = (attempt, name)
     return name
 
 
@@ -238,12 +246,8 @@ async def reconcile_by_key(rt: Runtime, key: JobKey) -> None:
 
 async def reconcile_job(rt: Runtime, job: Job) -> None:
     """A job changed (or is seen for the first time): requests, then dispatch."""
-    key = key_of(job)
-    async with rt.lock(key):
-        current = await decide_and_write(rt, job, core.reconcile)
-        if current is not None:
-            await dispatch(rt, current)
-    rt.handled_first.set()
+    async with rt.lock(key_of(job)):
+        await settle(rt, job, core.reconcile)
 
 
 async def reconcile_executor(
@@ -262,15 +266,15 @@ async def reconcile_executor(
 
         if job is not None and job.metadata.uid == executor.spec.job_ref.uid:
             before = job.status
-            job = await decide_and_write(rt, job, follow)
-            if job is not None and before.executor == name and job.status.executor != name \
-                    and not before.terminal:
-                lost = deleted or executor.status.phase == "Terminated"
-                if lost:
-                    metrics.ORPHANS_FOUND.labels(source).inc()
-            if job is not None:
-                await dispatch(rt, job)
-        if not deleted:
+            job = await settle(rt, job, follow)
+            lost = deleted or executor.status.phase == "Terminated"
+            if lost and job is not None and before.executor == name and not before.terminal \
+                    and job.status.executor != name:
+                metrics.ORPHANS_FOUND.labels(source).inc()
+        if deleted:
+            if rt.made.get(executor.spec.job_ref.uid, (0, ""))[1] == name:
+                del rt.made[executor.spec.job_ref.uid]
+        else:
             await delete_if_dangling(rt, executor, job)
 
 
@@ -314,7 +318,7 @@ async def sweep(rt: Runtime) -> None:
                 await reconcile_executor(rt, gone, deleted=True, source="sweep")
             elif core.dispatch_due(job, utcnow()) is not None or core.reconcile(
                     job, utcnow()).changes(job):
-                await reconcile_job(rt, job)
+                await reconcile_by_key(rt, key_of(job))  # a fresh read: lists age fast
         for executor in live.values():
             owner = by_key.get((executor.metadata.namespace or "", executor.spec.job_ref.name))
             await delete_if_dangling(rt, executor, owner)
@@ -392,6 +396,11 @@ def make_registry() -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
+        # Given namespaces (by name), kopf need not list namespaces nor watch CRDs, both
+        # cluster-scoped: a Role in those namespaces is then all the operator needs
+        # (deploy/overlays/namespaced; tests/integration/test_rbac.py proves it).
+        settings.scanning.disabled = bool(rt.config.namespaces) and not any(
+            set("*?[!,") & set(ns) for ns in rt.config.namespaces)
         await repair_events(rt)
         rt.spawn(sweep_forever(rt))
 
@@ -415,11 +424,13 @@ def make_registry() -> kopf.OperatorRegistry:
             return
         key = key_of(job)
         if event.get("type") == "DELETED":
-            rt.forget(key)
+            rt.forget(key, job.metadata.uid)
             for executor in await rt.kube.list_executors(
                     key[0], label_selector=f"{names.JOB_UID_LABEL}={job.metadata.uid}"):
                 await rt.kube.delete_executor(key[0], executor.metadata.name)
             return
+        if rt.superseded.get(key) == job.metadata.resource_version:
+            return  # our own write replaced this version; its event follows
         rt.jobs[key] = job
         await guarded(rt, key, "job", reconcile_job(rt, job))
 

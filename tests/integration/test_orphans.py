@@ -112,10 +112,13 @@ def test_a_phase_from_a_cluster_the_job_left_changes_nothing(
         "spec": {"jobRef": {"name": "moved", "uid": job["metadata"]["uid"]}, "attempt": 1,
                  "executorClass": "default"},
     }
+    # With the operator stopped, so the report is there before it can clean up.
+    operator.stop()
     kube.kubectl_run("apply", "-f", "-", input=json.dumps(stale))
     kube.kubectl_run("patch", "ec", stale["metadata"]["name"], "-n", jobs.namespace,
                      "--subresource=status", "--type=merge", "-p",
                      '{"status":{"phase":"Succeeded","result":{"stale":true}}}')
+    operator.start_and_wait()
     wait_for(lambda: stale["metadata"]["name"] not in jobs.executor_names(),
              description="the stale cluster deleted as dangling")
     after = jobs.status("moved")

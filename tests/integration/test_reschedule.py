@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 
@@ -246,7 +247,7 @@ def test_unforced_reschedule_racing_completion_never_resets_a_terminal_job(
         executors[i] = status["executor"]
     procs = []
     for i in range(trials):
-        patch = ('{"status":{"phase":"Succeeded","result":{"trial":%d}}}' % i)
+        patch = json.dumps({"status": {"phase": "Succeeded", "result": {"trial": i}}})
         procs.append(subprocess.Popen(kube.kubectl_argv(
             "patch", "ec", executors[i], "-n", jobs.namespace, "--subresource=status",
             "--type=merge", "-p", patch), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
