@@ -23,7 +23,8 @@ from job_operator.core import Event, event_name, rfc3339
 from job_operator.models import ExecutorCluster, Job, JobStatus
 
 log = logging.getLogger(__name__)
-MERGE_PATCH = "application/merge-patch+json"
+# The generated client picks a patch type from the body; custom resources need a merge patch.
+AS_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 T = TypeVar("T")
 
 
@@ -70,7 +71,8 @@ async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     configuration = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
     else:
         await config.load_kube_config(config_file=path, client_configuration=configuration)
     configuration.connection_pool_maxsize = 64
@@ -115,8 +117,8 @@ class Kube:
             new.setdefault(key, None)
         body = {"metadata": {"resourceVersion": job.metadata.resource_version}, "status": new}
         raw = await retry_transient(lambda: self.custom.patch_namespaced_custom_object_status(
-            names.GROUP, names.VERSION, job.metadata.namespace, names.JOB_PLURAL,
-            job.metadata.name, body, _content_type=MERGE_PATCH,
+            names.GROUP, names.VERSION, job.metadata.namespace or "", names.JOB_PLURAL,
+            job.metadata.name, body, **AS_MERGE_PATCH,
             field_manager=names.FIELD_MANAGER))
         return Job.model_validate(raw)
 
@@ -126,7 +128,7 @@ class Kube:
         body = {"metadata": {"annotations": annotations}}
         raw = await retry_transient(lambda: self.custom.patch_namespaced_custom_object(
             names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name, body,
-            _content_type=MERGE_PATCH, field_manager=field_manager))
+            **AS_MERGE_PATCH, field_manager=field_manager))
         return Job.model_validate(raw)
 
     # --- ExecutorClusters -----------------------------------------------------------
@@ -172,7 +174,7 @@ class Kube:
                                     status: dict[str, Any]) -> None:
         await retry_transient(lambda: self.custom.patch_namespaced_custom_object_status(
             names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, name,
-            {"status": status}, _content_type=MERGE_PATCH))
+            {"status": status}, **AS_MERGE_PATCH))
 
     # --- Events ---------------------------------------------------------------------
 
@@ -181,8 +183,9 @@ class Kube:
         second post of the same event is refused (409) and ignored. Best effort: a
         failed post never fails a decision (start-up repairs recent ones)."""
         meta = job.metadata
+        namespace = meta.namespace or ""
         now = rfc3339_now()
-        body = {
+        body: Any = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": event_name(job, event), "namespace": meta.namespace},
             "involvedObject": {
@@ -195,7 +198,7 @@ class Kube:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            await retry_transient(lambda: self.core.create_namespaced_event(meta.namespace, body),
+            await retry_transient(lambda: self.core.create_namespaced_event(namespace, body),
                                   attempts=3)
         except Conflict:
             log.debug("event %s on %s/%s was already posted", event.reason, meta.namespace,

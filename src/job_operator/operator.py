@@ -413,7 +413,7 @@ def make_registry() -> kopf.OperatorRegistry:
             task.cancel()
 
     @kopf.on.event(names.GROUP, names.VERSION, names.JOB_PLURAL, registry=registry)
-    async def job_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         rt: Runtime = memo["runtime"]
         body = event.get("object") or {}
         try:
@@ -435,7 +435,7 @@ def make_registry() -> kopf.OperatorRegistry:
         await guarded(rt, key, "job", reconcile_job(rt, job))
 
     @kopf.on.event(names.GROUP, names.VERSION, names.EXECUTOR_PLURAL, registry=registry)
-    async def executor_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    async def executor_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         rt: Runtime = memo["runtime"]
         try:
             executor = ExecutorCluster.model_validate(event.get("object") or {})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from job_operator import names
 from tests.helpers import Kube, wait_for
 from tests.integration.conftest import HANG, Jobs, Operator, Process
 
 
-def lost_and_back(jobs: Jobs, name: str, lost: str) -> dict[str, object]:
+def lost_and_back(jobs: Jobs, name: str, lost: str) -> dict[str, Any]:
     """Wait until `name` runs again on a cluster other than `lost`; return its status."""
     return jobs.wait(name, lambda s: s.get("state") == "running" and
                      s.get("executor") not in (None, lost), "running on a fresh executor")
@@ -104,7 +105,7 @@ def test_a_phase_from_a_cluster_the_job_left_changes_nothing(
     jobs.create("moved", annotations=HANG)
     current = jobs.wait_running("moved")
     job = jobs.get("moved")
-    stale = {
+    stale: dict[str, Any] = {
         "apiVersion": names.API_VERSION, "kind": names.EXECUTOR_KIND,
         "metadata": {"name": "job-executor-00000000-0000-4000-8000-000000000000",
                      "namespace": jobs.namespace,

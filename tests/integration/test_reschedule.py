@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -17,20 +19,18 @@ RESCHEDULE = names.RESCHEDULE_ANNOTATION
 FORCE = names.RESCHEDULE_FORCE_ANNOTATION
 
 
-def condition(status: dict[str, object], type_: str) -> dict[str, object]:
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     conditions = status.get("conditions") or []
     assert isinstance(conditions, list)
     found = [c for c in conditions if c["type"] == type_]
     assert found, f"no {type_} condition in {conditions}"
-    result: dict[str, object] = found[0]
+    result: dict[str, Any] = found[0]
     return result
 
 
-def handled(token: str) -> object:
-    def check(status: dict[str, object]) -> bool:
-        record = status.get("reschedule") or {}
-        assert isinstance(record, dict)
-        return record.get("request") == token
+def handled(token: str) -> Callable[[dict[str, Any]], bool]:
+    def check(status: dict[str, Any]) -> bool:
+        return bool((status.get("reschedule") or {}).get("request") == token)
     return check
 
 
@@ -98,7 +98,8 @@ def test_every_reschedule_gets_a_cluster_never_used_before(
     for round_ in range(3):
         token = f"hop-{round_}"
         jobs.annotate("hopper", {RESCHEDULE: token})
-        status = jobs.wait("hopper", lambda s, t=token: handled(t)(s) and  # type: ignore[misc]
+        done = handled(token)
+        status = jobs.wait("hopper", lambda s, done=done: done(s) and  # type: ignore[misc]
                            s.get("state") == "running", f"{token} handled and running")
         assert status["executor"] not in seen
         seen.append(status["executor"])
