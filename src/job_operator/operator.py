@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -401,7 +402,11 @@ def make_registry() -> kopf.OperatorRegistry:
         # (deploy/overlays/namespaced; tests/integration/test_rbac.py proves it).
         settings.scanning.disabled = bool(rt.config.namespaces) and not any(
             set("*?[!,") & set(ns) for ns in rt.config.namespaces)
-        await repair_events(rt)
+        try:
+            await repair_events(rt)
+        except Exception as error:  # e.g. the CRDs not installed yet: carry on, say so
+            metrics.ERRORS.labels("repair").inc()
+            log.warning("could not check for missed events at start-up: %s", error)
         rt.spawn(sweep_forever(rt))
 
     @kopf.on.cleanup(registry=registry)
@@ -451,8 +456,8 @@ def make_registry() -> kopf.OperatorRegistry:
 
 
 async def run_operator(
-    config: OperatorConfig, stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    config: OperatorConfig, stop_flag: threading.Event | asyncio.Event | None = None,
+    ready_flag: threading.Event | asyncio.Event | None = None,
 ) -> None:
     """Run the operator until `stop_flag` is set (or forever)."""
     async with Kube.connect(config.kubeconfig) as kube:

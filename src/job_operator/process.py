@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 
 import prometheus_client
 from aiohttp import web
@@ -25,7 +26,7 @@ class Health:
 
     def __init__(self) -> None:
         self.role = "starting"
-        self.operator_ready = asyncio.Event()
+        self.operator_ready = threading.Event()  # set by kopf, in its own thread
 
 
 async def start_endpoints(address: str, port: int, health: Health) -> web.AppRunner | None:
@@ -64,7 +65,7 @@ async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
     try:
         if not args.leader_elect:
             health.role = "leader"
-            await run_operator(config, stop, health.operator_ready)
+            await run_kopf_in_thread(config, health, stop)
             return 0
         async with Kube.connect(config.kubeconfig) as kube:
             lease = LeaseConfig(
@@ -78,15 +79,12 @@ async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
             if not await elector.acquire(stop):
                 return 0
             health.role = "leader"
-            operator_stop = asyncio.Event()
-            keeper = asyncio.create_task(elector.keep(operator_stop))
-            relay = asyncio.create_task(stop.wait())
-            relay.add_done_callback(lambda _: operator_stop.set())
+            stepped_down = asyncio.Event()
+            keeper = asyncio.create_task(elector.keep(stepped_down))
             try:
-                await run_operator(config, operator_stop, health.operator_ready)
+                await run_kopf_in_thread(config, health, stop, stepped_down)
             finally:
-                operator_stop.set()
-                relay.cancel()
+                stepped_down.set()
                 await keeper
             if elector.lost:
                 log.error("lost leadership; exiting so that only one replica acts")
@@ -96,6 +94,34 @@ async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
     finally:
         if runner is not None:
             await runner.cleanup()
+
+
+async def run_kopf_in_thread(
+    config: OperatorConfig, health: Health, *stops: asyncio.Event,
+) -> None:
+    """Run the operator (kopf) in a thread and event loop of its own until a stop is set.
+
+    kopf waits at shutdown for every task its loop has, and takes over signal
+    handling in the main thread; in its own thread it does neither, so this
+    process's endpoints and Lease keeper stay outside it, and a stop is quick.
+    """
+    operator_stop = threading.Event()
+
+    async def relay() -> None:
+        waiters = [asyncio.create_task(flag.wait()) for flag in stops]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            operator_stop.set()
+
+    relaying = asyncio.create_task(relay())
+    try:
+        await asyncio.to_thread(
+            asyncio.run, run_operator(config, operator_stop, health.operator_ready))
+    finally:
+        relaying.cancel()
 
 
 def run_process(config: OperatorConfig, args: argparse.Namespace) -> int:
