@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from job_operator import names
+from tests.conftest import _cleanup_namespace as cleanup_namespace
 from tests.deploy_support import (
     BASE,
     INSTALL_NAMESPACE,
@@ -68,7 +70,8 @@ def audit_position(kube: Kube) -> int:
 
 
 def audit_log(kube: Kube) -> Path:
-    assert kube.control_plane is not None and kube.control_plane.audit_log is not None
+    assert kube.control_plane is not None
+    assert kube.control_plane.audit_log is not None
     return kube.control_plane.audit_log
 
 
@@ -76,7 +79,9 @@ def requests_by(kube: Kube, username: str, since: int) -> tuple[set[Request], se
     """The resource requests and the non-resource URLs `username` made, from the audit log."""
     with audit_log(kube).open("rb") as f:
         f.seek(since)
-        lines = f.read().decode().splitlines()
+        data = f.read()
+    # Whole lines only: the server may be writing the last one (other clients still run).
+    lines = data[: data.rfind(b"\n") + 1].decode().splitlines()
     made: set[Request] = set()
     urls: set[str] = set()
     for line in lines:
@@ -90,13 +95,22 @@ def requests_by(kube: Kube, username: str, since: int) -> tuple[set[Request], se
             urls.add(event["requestURI"])
             continue
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        made.add(Request(event["verb"], ref.get("apiGroup") or "", resource,
-                         ref.get("namespace"), ref.get("name")))
+        made.add(
+            Request(
+                event["verb"],
+                ref.get("apiGroup") or "",
+                resource,
+                ref.get("namespace"),
+                ref.get("name"),
+            )
+        )
     return made, urls
 
 
 def check_audit(made: set[Request], urls: set[str], grants: set[Grant]) -> None:
     assert made, "the audit log shows no request by the operator's identity"
+    used = sorted({f"{r.verb} {r.group or 'core'}/{r.resource}" for r in made})
+    print("the operator used:", *used, *sorted(urls), sep="\n  ")
     wild = [g for g in grants if "*" in (g.verb + g.group + g.resource)]
     assert not wild, wild
     denied = sorted(str(r) for r in made if not any(g.allows(r) for g in grants))
@@ -114,16 +128,35 @@ def check_audit(made: set[Request], urls: set[str], grants: set[Grant]) -> None:
 # --- fixtures ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def control_plane_only(kube: Kube) -> None:
+    """Skip the module, before any other fixture runs, on an external cluster."""
     if kube.control_plane is None or kube.control_plane.audit_log is None:
-        pytest.skip("needs the suite's own API server and its audit log; an external cluster "
-                    "(JOB_OPERATOR_TEST_KUBECONFIG=1) has neither")
+        pytest.skip(
+            "needs the suite's own API server and its audit log; an external cluster "
+            "(JOB_OPERATOR_TEST_KUBECONFIG=1) has neither"
+        )
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace with a short name: it is part of the operator's user name, the
+    CN of a client certificate here, which allows 64 characters at most."""
+    name = f"rbac-{secrets.token_hex(3)}"
+    kube.kubectl_run("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cleanup_namespace(kube, name)
 
 
 @pytest.fixture
 def start_operator(
-    kube: Kube, control_plane_only: None, crds: None, leases: None, tmp_path: Path,
+    kube: Kube,
+    control_plane_only: None,
+    crds: None,
+    leases: None,
+    tmp_path: Path,
 ) -> Iterator[Any]:
     """Starts `job-operator run ARGS` as IDENTITY with the Lease in LEASE_NAMESPACE."""
     made: list[Operator] = []
@@ -132,16 +165,32 @@ def start_operator(
         assert kube.control_plane is not None
         kubeconfig = kube.control_plane.make_kubeconfig(identity, ["system:masters"])
         port = free_port()
-        argv = [sys.executable, "-m", "job_operator", "run", *args,
-                "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
-                *OPERATOR_TEST_FLAGS, "--lease-duration", "4", "--identity", "rbac-test"]
+        argv = [
+            sys.executable,
+            "-m",
+            "job_operator",
+            "run",
+            *args,
+            "--metrics-port",
+            str(port),
+            "--metrics-address",
+            "127.0.0.1",
+            *OPERATOR_TEST_FLAGS,
+            "--lease-duration",
+            "4",
+            "--identity",
+            "rbac-test",
+        ]
         # As in the pod: the kubeconfig stands in for the mounted token, POD_NAMESPACE
         # (the downward API) places the Lease.
-        env = {**job_operator_env(kube), "KUBECONFIG": str(kubeconfig),
-               "POD_NAMESPACE": lease_namespace}
+        env = {
+            **job_operator_env(kube),
+            "KUBECONFIG": str(kubeconfig),
+            "POD_NAMESPACE": lease_namespace,
+        }
         op = Operator(argv, env, tmp_path / f"operator-{len(made)}.log", metrics_port=port)
         made.append(op)
-        op.start_and_wait()
+        start_leader(op)
         return op
 
     yield start
@@ -150,6 +199,17 @@ def start_operator(
 
 
 # --- the workload ----------------------------------------------------------------------
+
+
+def start_leader(op: Operator) -> None:
+    """Start the operator and wait until it leads and its watches are up (a standby is
+    ready too, so /readyz alone does not tell)."""
+    op.start()
+    wait_for(
+        lambda: op.ready() and op.health().startswith("ok (leader)"),
+        timeout=60,
+        description="the operator leading and ready",
+    )
 
 
 def handled(annotation: str, token: str) -> Any:
@@ -162,15 +222,19 @@ def handled(annotation: str, token: str) -> Any:
 
 
 def lease_holder(kube: Kube, namespace: str) -> str:
-    out = kube.kubectl_run("get", "leases.coordination.k8s.io", LEASE_NAME, "-n", namespace,
-                           "-o", "json")
+    out = kube.kubectl_run(
+        "get", "leases.coordination.k8s.io", LEASE_NAME, "-n", namespace, "-o", "json"
+    )
     holder: str = (json.loads(out.stdout).get("spec") or {}).get("holderIdentity") or ""
     return holder
 
 
 def executors_of(jobs: Jobs, job: str) -> list[str]:
-    return [e["metadata"]["name"] for e in jobs.executors()
-            if e["metadata"]["labels"].get(names.JOB_NAME_LABEL) == job]
+    return [
+        e["metadata"]["name"]
+        for e in jobs.executors()
+        if e["metadata"]["labels"].get(names.JOB_NAME_LABEL) == job
+    ]
 
 
 def run_workload(kube: Kube, jobs: Jobs, operator: Operator, lease_namespace: str) -> None:
@@ -182,8 +246,15 @@ def run_workload(kube: Kube, jobs: Jobs, operator: Operator, lease_namespace: st
     jobs.create("busy", annotations=HANG)
     first = jobs.wait_running("busy")["executor"]
     jobs.annotate("busy", {reschedule: "r1"})
-    jobs.wait("busy", lambda s: handled(reschedule, "r1")(s) and s.get("state") == "running"
-              and s.get("executor") != first, "rescheduled onto a fresh executor")
+    jobs.wait(
+        "busy",
+        lambda s: (
+            handled(reschedule, "r1")(s)
+            and s.get("state") == "running"
+            and s.get("executor") != first
+        ),
+        "rescheduled onto a fresh executor",
+    )
     jobs.wait_events("busy", "Rescheduled")
 
     # A finished job: the request is skipped; an over-long token is refused.
@@ -198,8 +269,11 @@ def run_workload(kube: Kube, jobs: Jobs, operator: Operator, lease_namespace: st
     lost = jobs.wait_running("busy")["executor"]
     jobs.kube.kubectl_run("delete", "ec", lost, "-n", jobs.namespace)
     jobs.wait_events("busy", "ExecutorLost")
-    jobs.wait("busy", lambda s: s.get("state") == "running" and s.get("executor") not in
-              (None, first, lost), "running again after the loss")
+    jobs.wait(
+        "busy",
+        lambda s: s.get("state") == "running" and s.get("executor") not in (None, first, lost),
+        "running again after the loss",
+    )
 
     # A restart: a loss while the operator is down is found by the start-up sweep, and the
     # start-up checks for events a crash kept from being posted.
@@ -207,35 +281,65 @@ def run_workload(kube: Kube, jobs: Jobs, operator: Operator, lease_namespace: st
     assert lease_holder(kube, lease_namespace) == "", "SIGTERM did not release the Lease"
     gone = jobs.status("busy")["executor"]
     jobs.kube.kubectl_run("delete", "ec", gone, "-n", jobs.namespace)
-    operator.start_and_wait()
-    jobs.wait("busy", lambda s: s.get("state") == "running" and s.get("executor") not in
-              (None, gone), "the loss found after the restart")
+    start_leader(operator)
+    jobs.wait(
+        "busy",
+        lambda s: s.get("state") == "running" and s.get("executor") not in (None, gone),
+        "the loss found after the restart",
+    )
 
     # Cancel: the job's executor goes.
     jobs.annotate("busy", {cancel: "c1"})
-    jobs.wait("busy", lambda s: handled(cancel, "c1")(s) and s.get("state") == "cancelled",
-              "cancelled")
-    wait_for(lambda: not executors_of(jobs, "busy"),
-             description="the cancelled job's executor deleted")
+    jobs.wait(
+        "busy", lambda s: handled(cancel, "c1")(s) and s.get("state") == "cancelled", "cancelled"
+    )
+    wait_for(
+        lambda: not executors_of(jobs, "busy"), description="the cancelled job's executor deleted"
+    )
 
     # A deleted job: the operator deletes its executors (no garbage collector here).
     jobs.create("doomed", annotations=HANG)
     jobs.wait_running("doomed")
     jobs.kube.kubectl_run("delete", "ojob", "doomed", "-n", jobs.namespace)
-    wait_for(lambda: not executors_of(jobs, "doomed"),
-             description="the deleted job's executor deleted")
+    wait_for(
+        lambda: not executors_of(jobs, "doomed"), description="the deleted job's executor deleted"
+    )
 
     # A clean stop gives the Lease up, so that a standby takes over at once.
     operator.stop()
-    assert operator.proc is not None and operator.proc.returncode == 0, operator.log()[-3000:]
+    assert operator.proc is not None
+    assert operator.proc.returncode == 0, operator.log()[-3000:]
     assert lease_holder(kube, lease_namespace) == ""
 
 
 # --- the tests -------------------------------------------------------------------------
 
 
+@pytest.fixture
+def install_namespace(kube: Kube, control_plane_only: None) -> Iterator[str]:
+    """job-operator-system, where the cluster-wide install runs (and keeps its Lease)."""
+    kube.kubectl_run("create", "namespace", INSTALL_NAMESPACE, check=False)
+    yield INSTALL_NAMESPACE
+    kube.kubectl_run(
+        "delete",
+        "leases.coordination.k8s.io",
+        LEASE_NAME,
+        "-n",
+        INSTALL_NAMESPACE,
+        "--ignore-not-found",
+        check=False,
+    )
+    kube.kubectl_run(
+        "delete", "namespace", INSTALL_NAMESPACE, "--wait=false", "--ignore-not-found", check=False
+    )
+
+
 def test_cluster_role_grants_exactly_what_the_operator_uses(
-    kube: Kube, jobs: Jobs, simulator: Process, start_operator: Any,
+    kube: Kube,
+    jobs: Jobs,
+    simulator: Process,
+    start_operator: Any,
+    install_namespace: str,
 ) -> None:
     objects = render(kube.kubectl, BASE)
     assert not wildcards(objects)
@@ -249,7 +353,11 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(
 
 
 def test_namespaced_role_grants_exactly_what_the_operator_uses(
-    kube: Kube, jobs: Jobs, simulator: Process, start_operator: Any, namespace: str,
+    kube: Kube,
+    jobs: Jobs,
+    simulator: Process,
+    start_operator: Any,
+    namespace: str,
     tmp_path: Path,
 ) -> None:
     # The overlay as a user installs it into their namespace: operator, Lease and Jobs there.
@@ -257,19 +365,24 @@ def test_namespaced_role_grants_exactly_what_the_operator_uses(
     assert not wildcards(objects)
     assert not [o for o in objects if o["kind"].startswith("Cluster") and "Role" in o["kind"]]
     grants = grants_of(objects, SERVICE_ACCOUNT, namespace)
-    assert grants and all(g.namespace == namespace for g in grants)
+    assert grants
+    assert all(g.namespace == namespace for g in grants)
     identity = f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
     since = audit_position(kube)
     (container,) = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"][
-        "spec"]["containers"]
+        "spec"
+    ]["containers"]
     # The overlay's own arguments, with $(POD_NAMESPACE) expanded as the kubelet would.
-    args = [a.replace("$(POD_NAMESPACE)", namespace) for a in container["args"][1:]
-            if not a.startswith("--metrics-port")]
+    args = [
+        a.replace("$(POD_NAMESPACE)", namespace)
+        for a in container["args"][1:]
+        if not a.startswith("--metrics-port")
+    ]
     assert f"--namespace={namespace}" in args
     operator = start_operator(identity, namespace, *args)
     run_workload(kube, jobs, operator, namespace)
     made, urls = requests_by(kube, identity, since)
     check_audit(made, urls, grants)
     assert all(r.namespace == namespace for r in made), sorted(
-        str(r) for r in made if r.namespace != namespace)
-
+        str(r) for r in made if r.namespace != namespace
+    )
