@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -203,7 +204,7 @@ class Kube:
         except Conflict:
             log.debug("event %s on %s/%s was already posted", event.reason, meta.namespace,
                       meta.name)
-        except (TimeoutError, ApiException, OSError) as error:
+        except (TimeoutError, ApiException, OSError, aiohttp.ClientError) as error:
             log.warning("could not post event %s on %s/%s: %s",
                         event.reason, meta.namespace, meta.name, error)
 

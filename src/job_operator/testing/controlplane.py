@@ -105,6 +105,25 @@ DISABLED_ADMISSION_PLUGINS: Final = (
     "ValidatingAdmissionPolicy",
     "MutatingAdmissionPolicy",
 )
+# Our own openssl config: X.509's 64-character limits on CN and O are lifted, since user
+# names such as system:serviceaccount:NAMESPACE:NAME are often longer (Kubernetes and Go
+# do not mind).
+OPENSSL_CONF: Final = """\
+openssl_conf = openssl_init
+
+[openssl_init]
+stbl_section = string_limits
+
+[string_limits]
+commonName = min:1,max:1024
+organizationName = min:1,max:1024
+
+[req]
+distinguished_name = req_dn
+prompt = no
+
+[req_dn]
+"""
 OUTPUT_TAIL_LINES: Final = 25
 DIR_MARKER: Final = ".job-operator-controlplane"
 STATE_FILE: Final = "state.json"
@@ -1184,7 +1203,8 @@ class ControlPlane:
         return argv + self.extra_apiserver_args
 
     def _openssl(self, *args: str | Path, what: str) -> None:
-        _run(["openssl", *args], what=what, cwd=self.pki)
+        env = {**os.environ, "OPENSSL_CONF": str(self.pki / "openssl.cnf")}
+        _run(["openssl", *args], what=what, cwd=self.pki, env=env)
 
     def _new_key_csr(self, name: str, subject: str) -> None:
         self._openssl(
@@ -1214,6 +1234,7 @@ class ControlPlane:
 
     def _make_pki(self) -> None:
         _mkdir(self.pki)
+        (self.pki / "openssl.cnf").write_text(OPENSSL_CONF)
         self._openssl(
             "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-sha256",
