@@ -1005,11 +1005,21 @@ class ControlPlane:
             )
             self.start_etcd()
             self.start_apiserver()
+            self._install_stand_ins()
             self._write_state()
         except BaseException:
             with contextlib.suppress(ControlPlaneError):
                 self._stop_processes()
             raise
+
+    def _install_stand_ins(self) -> None:
+        """Serve the built-in APIs the operator needs beyond CRDs: coordination.k8s.io
+        Leases (leader election), by a CRD with the same group, version and fields."""
+        crd = wrapper_source_path().parents[1] / "leases-crd.yaml"
+        base: list[str | Path] = [self.kubectl, f"--kubeconfig={self.kubeconfig}"]
+        _run([*base, "apply", "-f", crd], what="installing the Lease stand-in CRD")
+        _run([*base, "wait", "--for=condition=Established", "--timeout=60s",
+              "crd/leases.coordination.k8s.io"], what="waiting for the Lease stand-in CRD")
 
     def stop(self) -> None:
         """Stop the server and etcd (SIGTERM, then SIGKILL), leaving no process; idempotent."""
