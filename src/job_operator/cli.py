@@ -177,7 +177,6 @@ def run(args: argparse.Namespace) -> int:
                            backoff_cap=timedelta(seconds=args.backoff_cap)),
         sweep_interval=args.sweep_interval,
         dangling_grace=timedelta(seconds=args.dangling_grace),
-        batch_window=args.batch_window,
         kubeconfig=args.kubeconfig,
     )
     return run_process(config, args)
@@ -234,8 +233,6 @@ def parser() -> argparse.ArgumentParser:
                           help="seconds between full checks for lost and dangling clusters")
     operator.add_argument("--dangling-grace", type=float, default=60.0,
                           help="age after which an unclaimed ExecutorCluster is removed")
-    operator.add_argument("--batch-window", type=float, default=0.01,
-                          help="kopf's batching window per object, seconds")
     operator.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
                           default=True, help="take a Lease so one replica acts (default on)")
     operator.add_argument("--lease-namespace", default=None,

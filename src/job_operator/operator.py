@@ -45,7 +45,6 @@ class OperatorConfig:
     sweep_interval: float = 60.0
     event_repair_window: timedelta = timedelta(minutes=30)
     dangling_grace: timedelta = timedelta(seconds=60)
-    batch_window: float = 0.01
     kubeconfig: str | None = None
 
 
@@ -393,7 +392,13 @@ def make_registry() -> kopf.OperatorRegistry:
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         rt: Runtime = memo["runtime"]
         settings.posting.enabled = False  # our events are our own; no log spam as events
-        settings.batching.batch_window = rt.config.batch_window
+        # Only on.event handlers: kopf keeps no progress. Should a stateful handler ever
+        # be added, its records stay under the operator's own prefix.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=names.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=names.GROUP)
+        settings.persistence.finalizer = f"{names.GROUP}/finalizer"
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
