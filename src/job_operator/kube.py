@@ -37,9 +37,6 @@ class NotFound(Exception):
     """The object does not exist (HTTP 404)."""
 
 
-def status_code(error: BaseException) -> int | None:
-    return error.status if isinstance(error, ApiException) else None
-
 
 def _translate(error: ApiException) -> Exception:
     if error.status == 409:
@@ -49,22 +46,24 @@ def _translate(error: ApiException) -> Exception:
     return error
 
 
-async def retry_transient(call: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
-    """Retry a call through transient API failures (429, 5xx, dropped connections)."""
+async def retry_transient(call: Callable[[], Awaitable[T]], patience: float = 60.0) -> T:
+    """Retry a call through transient API failures (429, 5xx, dropped or refused
+    connections, as while an API server restarts) for up to `patience` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience
     delay = 0.1
-    for attempt in range(attempts):
+    while True:
         try:
             return await call()
         except ApiException as error:
-            if error.status not in (429, 500, 502, 503, 504) or attempt == attempts - 1:
+            if error.status not in (429, 500, 502, 503, 504) or loop.time() > give_up:
                 raise _translate(error) from error
-        except (TimeoutError, OSError) as error:
-            if attempt == attempts - 1:
+        except (TimeoutError, OSError, aiohttp.ClientError) as error:
+            if loop.time() > give_up:
                 raise
             log.debug("transient API error: %s", error)
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
+        delay = min(delay * 2, 2.0)
 
 
 async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -200,7 +199,7 @@ class Kube:
         }
         try:
             await retry_transient(lambda: self.core.create_namespaced_event(namespace, body),
-                                  attempts=3)
+                                  patience=10)
         except Conflict:
             log.debug("event %s on %s/%s was already posted", event.reason, meta.namespace,
                       meta.name)

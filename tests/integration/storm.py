@@ -11,6 +11,7 @@ import yaml
 
 from job_operator import names
 from job_operator.kube import Kube as Api
+from job_operator.kube import NotFound
 from tests.helpers import Kube, async_wait_for
 from tests.integration.conftest import HANG
 from tests.invariants import Snapshot
@@ -67,9 +68,17 @@ class Storm:
             token = f"{label}-{name}"
             self.tokens[name].append(token)
             async with gate:
-                await self.api.annotate_job(self.namespace, name,
-                                            {names.RESCHEDULE_ANNOTATION: token}, "storm")
+                await async_wait_for(
+                    lambda: self.annotate(name, token), timeout=60, interval=0.2,
+                    description=f"{name} annotated", ignore=(NotFound,))
         await asyncio.gather(*(send(n) for n in self.names))
+
+    async def annotate(self, name: str, token: str) -> bool:
+        """Write a token. An API server that is starting answers 404 for custom resources
+        until its CRDs are loaded: the jobs exist, so the caller tries again."""
+        await self.api.annotate_job(self.namespace, name, {names.RESCHEDULE_ANNOTATION: token},
+                                    "storm")
+        return True
 
     async def wait_handled(self, timeout: float = 300.0) -> None:
         """Wait until every job has its last token recorded as handled."""

@@ -26,16 +26,16 @@ import (
 	"sync"
 	"time"
 
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apiextensions-apiserver/pkg/apihelpers"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apiextensions-apiserver/pkg/apiserver"
 	listers "k8s.io/apiextensions-apiserver/pkg/client/listers/apiextensions/v1"
 	"k8s.io/apiextensions-apiserver/pkg/cmd/server/options"
 	generatedopenapi "k8s.io/apiextensions-apiserver/pkg/generated/openapi"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/apimachinery/pkg/version"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
@@ -68,8 +68,13 @@ func main() {
 	}
 	cmd.SetContext(ctx)
 	o.AddFlags(cmd.Flags())
+	cmd.Flags().StringVar(&coreStorePath, "core-store", "",
+		"file keeping the core objects (namespaces, events) across restarts (default: memory only)")
 	os.Exit(cli.Run(cmd))
 }
+
+// coreStorePath names the journal of the in-memory core objects, if any.
+var coreStorePath string
 
 func run(c *cobra.Command, o *options.CustomResourceDefinitionsServerOptions) error {
 	config, err := o.Config()
@@ -81,6 +86,11 @@ func run(c *cobra.Command, o *options.CustomResourceDefinitionsServerOptions) er
 	config.GenericConfig.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(defs, namer)
 
 	core := newCoreHandler()
+	if coreStorePath != "" {
+		if err := core.openJournal(coreStorePath); err != nil {
+			return err
+		}
+	}
 	server, err := config.Complete().New(genericapiserver.NewEmptyDelegateWithCustomHandler(core))
 	if err != nil {
 		return err
@@ -101,6 +111,54 @@ func newCoreHandler() *coreHandler {
 		namespaces: newStore("Namespace", false, 0),
 		events:     newStore("Event", true, 500000),
 	}
+}
+
+// journalEntry is one change to a store, as appended to the core-store file.
+type journalEntry struct {
+	Kind string `json:"kind"`
+	Op   string `json:"op"` // put, delete, drop (a namespace's objects)
+	Key  string `json:"key"`
+	Obj  object `json:"obj,omitempty"`
+}
+
+// journal appends changes to a file, so a restarted server has the same objects.
+type journal struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+}
+
+func (j *journal) write(entry journalEntry) {
+	if j == nil {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	_ = j.enc.Encode(entry)
+}
+
+// openJournal replays the file into the stores, then appends every later change to it.
+func (h *coreHandler) openJournal(path string) error {
+	stores := map[string]*store{h.namespaces.kind: h.namespaces, h.events.kind: h.events}
+	if data, err := os.ReadFile(path); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			var entry journalEntry
+			if line == "" || json.Unmarshal([]byte(line), &entry) != nil {
+				continue
+			}
+			if s := stores[entry.Kind]; s != nil {
+				s.replay(entry)
+			}
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	j := &journal{enc: json.NewEncoder(f)}
+	for _, s := range stores {
+		s.journal = j
+	}
+	return nil
 }
 
 func (h *coreHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -223,6 +281,8 @@ type store struct {
 	namespaced bool
 	limit      int
 
+	journal *journal
+
 	mu       sync.Mutex
 	rv       int64
 	order    []string // keys in creation order
@@ -304,6 +364,7 @@ func (s *store) create(w http.ResponseWriter, r *http.Request, namespace string)
 	s.bump(obj)
 	s.items[k] = obj
 	s.order = append(s.order, k)
+	s.journal.write(journalEntry{Kind: s.kind, Op: "put", Key: k, Obj: obj})
 	s.notify("ADDED", obj)
 	s.trim()
 	writeJSON(w, http.StatusCreated, obj)
@@ -351,6 +412,7 @@ func (s *store) update(w http.ResponseWriter, r *http.Request, namespace, name s
 	obj["kind"], obj["apiVersion"] = s.kind, "v1"
 	s.bump(obj)
 	s.items[k] = obj
+	s.journal.write(journalEntry{Kind: s.kind, Op: "put", Key: k, Obj: obj})
 	s.notify("MODIFIED", obj)
 	writeJSON(w, http.StatusOK, obj)
 }
@@ -366,6 +428,7 @@ func (s *store) delete(w http.ResponseWriter, namespace, name string) {
 	}
 	delete(s.items, k)
 	s.bump(obj)
+	s.journal.write(journalEntry{Kind: s.kind, Op: "delete", Key: k})
 	s.notify("DELETED", obj)
 	writeJSON(w, http.StatusOK, obj)
 }
@@ -374,11 +437,35 @@ func (s *store) delete(w http.ResponseWriter, namespace, name string) {
 func (s *store) dropNamespace(namespace string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.journal.write(journalEntry{Kind: s.kind, Op: "drop", Key: namespace})
 	for k := range s.items {
 		if strings.HasPrefix(k, namespace+"/") {
 			delete(s.items, k)
 		}
 	}
+}
+
+// replay applies one journalled change (at start-up, before serving).
+func (s *store) replay(entry journalEntry) {
+	switch entry.Op {
+	case "put":
+		if _, exists := s.items[entry.Key]; !exists {
+			s.order = append(s.order, entry.Key)
+		}
+		s.items[entry.Key] = entry.Obj
+		if rv, err := strconv.ParseInt(fmt.Sprint(metadata(entry.Obj)["resourceVersion"]), 10, 64); err == nil && rv > s.rv {
+			s.rv = rv
+		}
+	case "delete":
+		delete(s.items, entry.Key)
+	case "drop":
+		for k := range s.items {
+			if strings.HasPrefix(k, entry.Key+"/") {
+				delete(s.items, k)
+			}
+		}
+	}
+	s.trim()
 }
 
 func (s *store) bump(obj object) {
@@ -618,4 +705,3 @@ func writeStatus(w http.ResponseWriter, code int, reason, message string) {
 		Code:     int32(code),
 	})
 }
-

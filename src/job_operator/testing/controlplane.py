@@ -1128,14 +1128,11 @@ class ControlPlane:
     def restart_apiserver(self, *, kill: bool = False) -> None:
         """Stop the server (``kill``: SIGKILL) and start it again on the same port; wait.
 
-        The wrapper keeps namespaces in memory, so those that existed are created again:
-        to clients it looks like a real cluster's restart.
+        Its namespaces and events survive, kept in the data folder's core store,
+        as a real cluster's do in etcd.
         """
-        namespaces = self._namespaces()
         self.stop_apiserver(kill=kill)
         self.start_apiserver()
-        for namespace in namespaces:
-            self._request("POST", "/api/v1/namespaces", namespace)
         self._write_state()
 
     def make_kubeconfig(self, user: str, groups: Sequence[str] = ()) -> Path:
@@ -1204,6 +1201,7 @@ class ControlPlane:
             f"--authorization-kubeconfig={dead}",
             f"--kubeconfig={dead}",
             f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
+            f"--core-store={self._dir() / 'core-store.jsonl'}",
         ]
         if self.audit:
             argv += [
@@ -1326,22 +1324,6 @@ class ControlPlane:
 
     def _request(self, method: str, path: str, body: object = None) -> int | None:
         return self._http(self.server_url + path, method=method, body=body)
-
-    def _namespaces(self) -> list[dict[str, Any]]:
-        """The namespaces (name, labels, annotations), to create again after a restart."""
-        req = urllib.request.Request(self.server_url + "/api/v1/namespaces")
-        try:
-            with urllib.request.urlopen(req, timeout=5, context=self._ssl_context()) as resp:
-                items = json.loads(resp.read()).get("items") or []
-        except (urllib.error.URLError, OSError, ssl.SSLError, ValueError):
-            return []
-        kept = []
-        for item in items:
-            meta = item.get("metadata") or {}
-            if meta.get("name"):
-                fields = ("name", "labels", "annotations")
-                kept.append({"metadata": {k: meta[k] for k in fields if meta.get(k)}})
-        return kept
 
     def _etcd_healthy(self) -> bool:
         return self._http(self.etcd_url + "/health") == 200
