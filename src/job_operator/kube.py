@@ -8,6 +8,8 @@ on, so the API server refuses it (409) if the job changed in between.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +29,16 @@ log = logging.getLogger(__name__)
 # The generated client picks a patch type from the body; custom resources need a merge patch.
 AS_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 T = TypeVar("T")
+
+
+PAGE_SIZE = 500
+
+
+def lean(raw: dict[str, Any]) -> dict[str, Any]:
+    """An object without its managedFields: most of its bytes, needed only to tell who
+    wrote a request annotation (read from watch events, never from lists)."""
+    metadata = {k: v for k, v in (raw.get("metadata") or {}).items() if k != "managedFields"}
+    return {**raw, "metadata": metadata}
 
 
 class Conflict(Exception):
@@ -151,24 +163,44 @@ class Kube:
 
     async def list_executors(self, namespace: str | None = None,
                              label_selector: str = "") -> list[ExecutorCluster]:
-        if namespace is None:
-            raw = await retry_transient(lambda: self.custom.list_cluster_custom_object(
-                names.GROUP, names.VERSION, names.EXECUTOR_PLURAL,
-                label_selector=label_selector))
-        else:
-            raw = await retry_transient(lambda: self.custom.list_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL,
-                label_selector=label_selector))
-        return [ExecutorCluster.model_validate(item) for item in raw["items"]]
+        return [e async for page in self.executor_pages(namespace, label_selector)
+                for e in page]
 
     async def list_jobs(self, namespace: str | None = None) -> list[Job]:
-        if namespace is None:
-            raw = await retry_transient(lambda: self.custom.list_cluster_custom_object(
-                names.GROUP, names.VERSION, names.JOB_PLURAL))
-        else:
-            raw = await retry_transient(lambda: self.custom.list_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.JOB_PLURAL))
-        return [Job.model_validate(item) for item in raw["items"]]
+        return [j async for page in self.job_pages(namespace) for j in page]
+
+    async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
+        """All Jobs, a page at a time (so memory stays bounded), without managedFields."""
+        async for items in self._pages(names.JOB_PLURAL, namespace):
+            yield [Job.model_validate(lean(item)) for item in items]
+
+    async def executor_pages(self, namespace: str | None = None,
+                             label_selector: str = "") -> AsyncIterator[list[ExecutorCluster]]:
+        async for items in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
+            yield [ExecutorCluster.model_validate(lean(item)) for item in items]
+
+    async def _pages(self, plural: str, namespace: str | None,
+                     label_selector: str = "") -> AsyncIterator[list[dict[str, Any]]]:
+        async def page(token: str | None) -> dict[str, Any]:
+            options: dict[str, Any] = {"label_selector": label_selector, "limit": PAGE_SIZE}
+            if token:
+                options["_continue"] = token
+            raw: dict[str, Any]
+            if namespace is None:
+                raw = await self.custom.list_cluster_custom_object(
+                    names.GROUP, names.VERSION, plural, **options)
+            else:
+                raw = await self.custom.list_namespaced_custom_object(
+                    names.GROUP, names.VERSION, namespace, plural, **options)
+            return raw
+
+        token: str | None = None
+        while True:
+            raw = await retry_transient(functools.partial(page, token))
+            yield raw["items"]
+            token = raw["metadata"].get("continue")
+            if not token:
+                return
 
     async def patch_executor_status(self, namespace: str, name: str,
                                     status: dict[str, Any]) -> None:
@@ -208,15 +240,30 @@ class Kube:
                         event.reason, meta.namespace, meta.name, error)
 
     async def event_names(self, namespace: str | None) -> set[str]:
-        """Names of the Job events in a namespace (None: all namespaces)."""
-        selector = f"involvedObject.kind={names.JOB_KIND}"
-        if namespace is None:
-            raw = await retry_transient(lambda: self.core.list_event_for_all_namespaces(
-                field_selector=selector))
-        else:
-            raw = await retry_transient(lambda: self.core.list_namespaced_event(
-                namespace, field_selector=selector))
-        return {item.metadata.name for item in raw.items}
+        """Names of the Job events in a namespace (None: all namespaces), read page by
+        page as plain JSON (the client's Event models are heavy)."""
+        async def page(token: str | None) -> dict[str, Any]:
+            options: dict[str, Any] = {
+                "field_selector": f"involvedObject.kind={names.JOB_KIND}",
+                "limit": PAGE_SIZE, "_preload_content": False}
+            if token:
+                options["_continue"] = token
+            response: Any  # the raw HTTP response, as _preload_content=False asks
+            if namespace is None:
+                response = await self.core.list_event_for_all_namespaces(**options)
+            else:
+                response = await self.core.list_namespaced_event(namespace, **options)
+            raw: dict[str, Any] = json.loads(await response.read())
+            return raw
+
+        found: set[str] = set()
+        token: str | None = None
+        while True:
+            raw = await retry_transient(functools.partial(page, token))
+            found.update(item["metadata"]["name"] for item in raw.get("items") or [])
+            token = (raw.get("metadata") or {}).get("continue")
+            if not token:
+                return found
 
     async def list_job_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         raw = await retry_transient(lambda: self.core.list_namespaced_event(

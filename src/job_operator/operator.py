@@ -66,6 +66,14 @@ class Runtime:
     # carrying it is older than what we know, and is not acted on.
     superseded: dict[JobKey, str] = field(default_factory=dict)
 
+    def remember(self, job: Job) -> None:
+        """Cache the job as last seen, without its managedFields (most of its memory)."""
+        meta = job.metadata
+        if meta.managed_fields:
+            job = job.model_copy(update={"metadata": meta.model_copy(
+                update={"managed_fields": []})})
+        self.jobs[key_of(job)] = job
+
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
@@ -99,7 +107,7 @@ async def fresh(rt: Runtime, key: JobKey) -> Job | None:
     except NotFound:
         rt.jobs.pop(key, None)
         return None
-    rt.jobs[key] = job
+    rt.remember(job)
     return job
 
 
@@ -143,7 +151,7 @@ async def settle(
         except NotFound:
             current = None
             break
-        rt.jobs[key] = written
+        rt.remember(written)
         rt.superseded[key] = current.metadata.resource_version
         record(current, written)
         for event in decision.events:
@@ -297,31 +305,38 @@ async def sweep(rt: Runtime) -> None:
 
     Jobs are listed before clusters, so a job dispatched in between has its
     cluster in the second list (clusters are created before the status names them).
+    Both are read a page at a time and only a little of each kept, so memory stays small.
     """
     namespaces: list[str | None] = list(rt.config.namespaces) or [None]
     for namespace in namespaces:
-        jobs = await rt.kube.list_jobs(namespace)
-        executors = await rt.kube.list_executors(namespace)
-        live = {(e.metadata.namespace, e.metadata.name): e for e in executors
-                if not e.metadata.deletion_timestamp}
-        by_key = {key_of(job): job for job in jobs}
-        for job in jobs:
-            rt.jobs.setdefault(key_of(job), job)
-            current = job.status.executor
-            if current and not job.status.terminal and \
-                    (job.metadata.namespace, current) not in live:
-                gone = ExecutorCluster.model_validate({
-                    "metadata": {"name": current, "namespace": job.metadata.namespace},
-                    "spec": {"jobRef": {"name": job.metadata.name, "uid": job.metadata.uid},
-                             "attempt": max(job.status.attempt, 1)},
-                })
-                await reconcile_executor(rt, gone, deleted=True, source="sweep")
-            elif core.dispatch_due(job, utcnow()) is not None or core.reconcile(
-                    job, utcnow()).changes(job):
-                await reconcile_by_key(rt, key_of(job))  # a fresh read: lists age fast
-        for executor in live.values():
-            owner = by_key.get((executor.metadata.namespace or "", executor.spec.job_ref.name))
-            await delete_if_dangling(rt, executor, owner)
+        holding: dict[tuple[str, str], Job] = {}  # (namespace, executor) -> its job
+        waiting: list[JobKey] = []
+        async for page in rt.kube.job_pages(namespace):
+            now = utcnow()
+            for job in page:
+                current = job.status.executor
+                if current and not job.status.terminal:
+                    holding[(job.metadata.namespace or "", current)] = job
+                elif core.dispatch_due(job, now) is not None or core.reconcile(
+                        job, now).changes(job):
+                    waiting.append(key_of(job))
+            await asyncio.sleep(0)  # let the handlers run between pages
+        async for executors in rt.kube.executor_pages(namespace):
+            for executor in executors:
+                if executor.metadata.deletion_timestamp:
+                    continue
+                holding.pop((executor.metadata.namespace or "", executor.metadata.name), None)
+                owner = (executor.metadata.namespace or "", executor.spec.job_ref.name)
+                await delete_if_dangling(rt, executor, rt.jobs.get(owner))
+        for (job_namespace, lost), job in holding.items():
+            gone = ExecutorCluster.model_validate({
+                "metadata": {"name": lost, "namespace": job_namespace},
+                "spec": {"jobRef": {"name": job.metadata.name, "uid": job.metadata.uid},
+                         "attempt": max(job.status.attempt, 1)},
+            })
+            await reconcile_executor(rt, gone, deleted=True, source="sweep")
+        for key in waiting:
+            await reconcile_by_key(rt, key)  # a fresh read: lists age fast
 
 
 async def repair_events(rt: Runtime) -> None:
@@ -333,16 +348,16 @@ async def repair_events(rt: Runtime) -> None:
     since = utcnow() - rt.config.event_repair_window
     namespaces: list[str | None] = list(rt.config.namespaces) or [None]
     for namespace in namespaces:
-        jobs = await rt.kube.list_jobs(namespace)
-        wanted = [(job, event) for job in jobs for event in core.recorded_events(job, since)]
-        if not wanted:
-            continue
-        posted = await rt.kube.event_names(namespace)
-        for job, event in wanted:
-            if core.event_name(job, event) not in posted:
-                log.info("posting the missed %s event of %s/%s", event.reason,
-                         job.metadata.namespace, job.metadata.name)
-                await rt.kube.post_event(job, event)
+        posted: set[str] | None = None
+        async for page in rt.kube.job_pages(namespace):
+            for job in page:
+                for event in core.recorded_events(job, since):
+                    if posted is None:  # read only when some job has recent requests
+                        posted = await rt.kube.event_names(namespace)
+                    if core.event_name(job, event) not in posted:
+                        log.info("posting the missed %s event of %s/%s", event.reason,
+                                 job.metadata.namespace, job.metadata.name)
+                        await rt.kube.post_event(job, event)
 
 
 async def sweep_forever(rt: Runtime) -> None:
@@ -441,7 +456,7 @@ def make_registry() -> kopf.OperatorRegistry:
             return
         if rt.superseded.get(key) == job.metadata.resource_version:
             return  # our own write replaced this version; its event follows
-        rt.jobs[key] = job
+        rt.remember(job)
         await guarded(rt, key, "job", reconcile_job(rt, job))
 
     @kopf.on.event(names.GROUP, names.VERSION, names.EXECUTOR_PLURAL, registry=registry)
