@@ -210,10 +210,10 @@ class Kube:
 
     # --- Events ---------------------------------------------------------------------
 
-    async def post_event(self, job: Job, event: Event, component: str = "job-operator") -> None:
+    async def post_event(self, job: Job, event: Event, component: str = "job-operator") -> bool:
         """Record an Event on the Job, once: its name comes from the event's key, so a
         second post of the same event is refused (409) and ignored. Best effort: a
-        failed post never fails a decision (start-up repairs recent ones)."""
+        failed post never fails a decision: False, and the caller tries again later."""
         meta = job.metadata
         namespace = meta.namespace or ""
         now = rfc3339_now()
@@ -236,8 +236,10 @@ class Kube:
             log.debug("event %s on %s/%s was already posted", event.reason, meta.namespace,
                       meta.name)
         except (TimeoutError, ApiException, OSError, aiohttp.ClientError) as error:
-            log.warning("could not post event %s on %s/%s: %s",
+            log.warning("could not post event %s on %s/%s (will try again): %s",
                         event.reason, meta.namespace, meta.name, error)
+            return False
+        return True
 
     async def event_names(self, namespace: str | None) -> set[str]:
         """Names of the Job events in a namespace (None: all namespaces), read page by

@@ -65,6 +65,8 @@ class Runtime:
     # The resourceVersion each of our status writes replaced: a watch event still
     # carrying it is older than what we know, and is not acted on.
     superseded: dict[JobKey, str] = field(default_factory=dict)
+    # Events whose post failed (an API server restarting): posted again by the sweep.
+    unposted: list[tuple[Job, core.Event]] = field(default_factory=list)
 
     def remember(self, job: Job) -> None:
         """Cache the job as last seen, without its managedFields (most of its memory)."""
@@ -155,7 +157,8 @@ async def settle(
         rt.superseded[key] = current.metadata.resource_version
         record(current, written)
         for event in decision.events:
-            await rt.kube.post_event(written, event)
+            if not await rt.kube.post_event(written, event):
+                rt.unposted.append((written, event))
         if decision.delete_executor and decision.delete_executor != written.status.executor:
             await rt.kube.delete_executor(key[0], decision.delete_executor)
         current = written
@@ -307,6 +310,10 @@ async def sweep(rt: Runtime) -> None:
     cluster in the second list (clusters are created before the status names them).
     Both are read a page at a time and only a little of each kept, so memory stays small.
     """
+    unposted, rt.unposted = rt.unposted, []
+    for job, event in unposted:
+        if not await rt.kube.post_event(job, event):
+            rt.unposted.append((job, event))
     namespaces: list[str | None] = list(rt.config.namespaces) or [None]
     for namespace in namespaces:
         holding: dict[tuple[str, str], Job] = {}  # (namespace, executor) -> its job
@@ -357,7 +364,8 @@ async def repair_events(rt: Runtime) -> None:
                     if core.event_name(job, event) not in posted:
                         log.info("posting the missed %s event of %s/%s", event.reason,
                                  job.metadata.namespace, job.metadata.name)
-                        await rt.kube.post_event(job, event)
+                        if not await rt.kube.post_event(job, event):
+                            rt.unposted.append((job, event))
 
 
 async def sweep_forever(rt: Runtime) -> None:

@@ -96,6 +96,10 @@ async def serve(config: OperatorConfig, args: argparse.Namespace) -> int:
             await runner.cleanup()
 
 
+class OperatorDied(Exception):
+    """kopf ended without being asked to (it gives up on some API failures)."""
+
+
 async def run_kopf_in_thread(
     config: OperatorConfig, health: Health, *stops: asyncio.Event,
 ) -> None:
@@ -122,6 +126,8 @@ async def run_kopf_in_thread(
             asyncio.run, run_operator(config, operator_stop, health.operator_ready))
     finally:
         relaying.cancel()
+    if not operator_stop.is_set():
+        raise OperatorDied("the operator stopped by itself")
 
 
 def run_process(config: OperatorConfig, args: argparse.Namespace) -> int:

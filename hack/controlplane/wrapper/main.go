@@ -38,6 +38,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/apimachinery/pkg/version"
+	genericapifilters "k8s.io/apiserver/pkg/endpoints/filters"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/util/openapi"
@@ -179,6 +180,12 @@ func (h *coreHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, coreResources())
 	case len(parts) >= 3 && parts[0] == "api" && parts[1] == "v1":
 		h.serveCore(w, r, parts[2:])
+	case !genericapifilters.NoMuxAndDiscoveryIncompleteKey(r.Context()):
+		// As kube-apiserver does: while the CRDs are still being loaded, an unknown
+		// path may yet be served, so it is 503 (retry), not 404 (gone).
+		w.Header().Set("Retry-After", "1")
+		writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable",
+			"the request may be retried after the server has loaded all its resources")
 	default:
 		writeStatus(w, http.StatusNotFound, "NotFound", fmt.Sprintf("the server could not find the requested resource (%s)", r.URL.Path))
 	}
