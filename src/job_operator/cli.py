@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                            backoff_cap=timedelta(seconds=args.backoff_cap)),
         sweep_interval=args.sweep_interval,
         dangling_grace=timedelta(seconds=args.dangling_grace),
+        workers=args.workers,
         kubeconfig=args.kubeconfig,
     )
     return run_process(config, args)
@@ -233,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
                           help="seconds between full checks for lost and dangling clusters")
     operator.add_argument("--dangling-grace", type=float, default=60.0,
                           help="age after which an unclaimed ExecutorCluster is removed")
+    operator.add_argument("--workers", type=int, default=100,
+                          help="jobs reconciled at once, at most (default 100; 0: no limit)")
     operator.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
                           default=True, help="take a Lease so one replica acts (default on)")
     operator.add_argument("--lease-namespace", default=None,

@@ -44,6 +44,7 @@ class OperatorConfig:
     policy: core.Policy = field(default_factory=core.Policy)
     sweep_interval: float = 60.0
     event_repair_window: timedelta = timedelta(minutes=30)
+    workers: int = 100
     dangling_grace: timedelta = timedelta(seconds=60)
     kubeconfig: str | None = None
 
@@ -415,6 +416,9 @@ def make_registry() -> kopf.OperatorRegistry:
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         rt: Runtime = memo["runtime"]
         settings.posting.enabled = False  # our events are our own; no log spam as events
+        # At most this many jobs are reconciled at once: a storm over 10,000 jobs waits in
+        # kopf's queues instead of holding 10,000 requests (and their memory) in flight.
+        settings.queueing.worker_limit = rt.config.workers or None
         # Only on.event handlers: kopf keeps no progress. Should a stateful handler ever
         # be added, its records stay under the operator's own prefix.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
