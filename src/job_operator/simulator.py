@@ -16,8 +16,7 @@ The owning Job may override the plan, for demos and tests:
     simulate.job-operator.dev/run-seconds: "2.5"
 
 (`hang` reaches `Running` and stays there, `stall` stays `Provisioning`; a hung
-executor is looked at again
-when it changes or at the simulator's next re-list.)
+executor is looked at again when it changes or at the simulator's next re-list.)
 """
 
 from __future__ import annotations

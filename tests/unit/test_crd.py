@@ -98,6 +98,19 @@ def test_main_writes_the_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 # --- the rendered schema says what the models say -------------------------------------------
 
 
+# The schema keywords both shapes keep, to compare the models with the CRDs.
+COMPARED_KEYS = (
+    "enum",
+    "format",
+    "minLength",
+    "minimum",
+    "maxItems",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+)
+
+
 def _pydantic_shape(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """The parts of a pydantic JSON schema node that a CRD schema must repeat."""
     if "$ref" in schema:
@@ -111,18 +124,7 @@ def _pydantic_shape(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, A
         [option] = options
         return _pydantic_shape({**outer, **option}, defs)
     shape: dict[str, Any] = {"type": schema["type"]}
-    for key in (
-        "enum",
-        "format",
-        "minLength",
-        "minimum",
-        "maxItems",
-        "x-kubernetes-validations",
-        "x-kubernetes-list-type",
-        "x-kubernetes-list-map-keys",
-    ):
-        if key in schema:
-            shape[key] = schema[key]
+    shape.update({key: schema[key] for key in COMPARED_KEYS if key in schema})
     if schema["type"] == "object":
         if "properties" in schema:
             shape["properties"] = {
@@ -142,18 +144,7 @@ def _crd_shape(schema: dict[str, Any]) -> dict[str, Any]:
     if schema.get("x-kubernetes-int-or-string"):
         return {"type": "int-or-string"}
     shape: dict[str, Any] = {"type": schema["type"]}
-    for key in (
-        "enum",
-        "format",
-        "minLength",
-        "minimum",
-        "maxItems",
-        "x-kubernetes-validations",
-        "x-kubernetes-list-type",
-        "x-kubernetes-list-map-keys",
-    ):
-        if key in schema:
-            shape[key] = schema[key]
+    shape.update({key: schema[key] for key in COMPARED_KEYS if key in schema})
     if schema["type"] == "object":
         if "properties" in schema:
             shape["properties"] = {
