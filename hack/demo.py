@@ -22,8 +22,11 @@ from job_operator.testing.controlplane import ControlPlane, ControlPlaneError, e
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "demo"
 EXPECTED = {
-    "waiting-for-capacity": "pending", "nightly-stats": "running", "test-stats": "completed",
-    "broken-query": "failed", "not-needed-anymore": "cancelled",
+    "waiting-for-capacity": "pending",
+    "nightly-stats": "running",
+    "test-stats": "completed",
+    "broken-query": "failed",
+    "not-needed-anymore": "cancelled",
 }
 
 
@@ -34,8 +37,11 @@ def say(text: str) -> None:
 class Demo:
     def __init__(self, control_plane: ControlPlane) -> None:
         self.cp = control_plane
-        self.env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig),
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(control_plane.kubeconfig),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs = control_plane.kubeconfig.parent
 
@@ -50,8 +56,13 @@ class Demo:
 
     def job_operator(self, *args: str) -> dict[str, Any]:
         print(f"$ job-operator {' '.join(args)}", flush=True)
-        out = subprocess.run([sys.executable, "-m", "job_operator", *args, "-o", "json"],
-                             env=self.env, capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "job_operator", *args, "-o", "json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             raise SystemExit(f"demo: job-operator failed: {out.stderr.strip()}")
         print(out.stdout, end="", flush=True)
@@ -60,14 +71,19 @@ class Demo:
 
     def spawn(self, name: str, *args: str) -> None:
         log = (self.logs / f"{name}.log").open("wb")
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "job_operator", *args], env=self.env, stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        self.processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "job_operator", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        )
 
     def states(self) -> dict[str, str]:
         jobs = json.loads(self.kubectl("get", "ojob", "-n", NAMESPACE, "-o", "json"))["items"]
-        return {j["metadata"]["name"]: (j.get("status") or {}).get("state", "")
-                for j in jobs}
+        return {j["metadata"]["name"]: (j.get("status") or {}).get("state", "") for j in jobs}
 
     def wait(self, check: Callable[[], bool], what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -95,10 +111,17 @@ class Demo:
         self.kubectl("create", "namespace", NAMESPACE, show=True)
 
         say("Starting the operator and the executor simulator")
-        self.spawn("operator", "run", "-n", NAMESPACE, "--no-leader-elect",
-                   "--metrics-port", "0")
-        self.spawn("simulator", "simulate", "-n", NAMESPACE, "--provision-seconds", "0.5",
-                   "--run-seconds", "2")
+        self.spawn("operator", "run", "-n", NAMESPACE, "--no-leader-elect", "--metrics-port", "0")
+        self.spawn(
+            "simulator",
+            "simulate",
+            "-n",
+            NAMESPACE,
+            "--provision-seconds",
+            "0.5",
+            "--run-seconds",
+            "2",
+        )
 
         say("Applying examples/ (one job per state)")
         for path in sorted((REPO / "examples").glob("job-*.yaml")):

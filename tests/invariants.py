@@ -68,38 +68,59 @@ def check_invariants(
         status = job.status
         record = status.reschedule
         # Every token handled, and the last one is the one recorded.
-        report.check(record is not None and record.request == sent[-1],
-                     f"{name}: last token {sent[-1]!r} not recorded "
-                     f"({record.request if record else None!r})")
+        report.check(
+            record is not None and record.request == sent[-1],
+            f"{name}: last token {sent[-1]!r} not recorded "
+            f"({record.request if record else None!r})",
+        )
         # Exactly one request event per token, no more and no less: status and events agree.
-        mine = [e for e in snapshot.events
-                if e["involvedObject"].get("uid") == job.metadata.uid
-                and e["reason"] in REQUEST_EVENT_REASONS]
-        expected = {core.event_name(job, core.Event(
-            "Normal", "", "", core.request_key(names.RESCHEDULE_ANNOTATION,
-                                               core.token_digest(t)))) for t in sent}
+        mine = [
+            e
+            for e in snapshot.events
+            if e["involvedObject"].get("uid") == job.metadata.uid
+            and e["reason"] in REQUEST_EVENT_REASONS
+        ]
+        expected = {
+            core.event_name(
+                job,
+                core.Event(
+                    "Normal",
+                    "",
+                    "",
+                    core.request_key(names.RESCHEDULE_ANNOTATION, core.token_digest(t)),
+                ),
+            )
+            for t in sent
+        }
         got = Counter(e["metadata"]["name"] for e in mine)
-        report.check(set(got) == expected and all(c == 1 for c in got.values()),
-                     f"{name}: request events {dict(got)} do not match its {len(sent)} tokens")
+        report.check(
+            set(got) == expected and all(c == 1 for c in got.values()),
+            f"{name}: request events {dict(got)} do not match its {len(sent)} tokens",
+        )
         # Rescheduled outcomes in events agree with the history (while it is unbounded).
         rescheduled_events = sum(1 for e in mine if e["reason"] == "Rescheduled")
         manual = [h for h in status.history if h.reason == "Rescheduled"]
         if len(status.history) < 20:
-            report.check(len(manual) <= rescheduled_events,
-                         f"{name}: {len(manual)} Rescheduled history entries but "
-                         f"{rescheduled_events} Rescheduled events")
+            report.check(
+                len(manual) <= rescheduled_events,
+                f"{name}: {len(manual)} Rescheduled history entries but "
+                f"{rescheduled_events} Rescheduled events",
+            )
         # No job reset that should not have been: terminal attempts leave only by force.
         if not forced.get(name):
             for entry in status.history:
-                report.check(not (entry.reason == "Rescheduled" and entry.state in
-                                  TERMINAL_STATES),
-                             f"{name}: a {entry.state} attempt was reset without force")
+                report.check(
+                    not (entry.reason == "Rescheduled" and entry.state in TERMINAL_STATES),
+                    f"{name}: a {entry.state} attempt was reset without force",
+                )
         # Executors: the job's own is live; at most one live per non-terminal job.
         owned = [e for e in live if e["spec"]["jobRef"]["uid"] == job.metadata.uid]
         if status.executor:
-            report.check(any(e["metadata"]["name"] == status.executor for e in owned)
-                         or status.state in TERMINAL_STATES,
-                         f"{name}: executor {status.executor} does not exist")
+            report.check(
+                any(e["metadata"]["name"] == status.executor for e in owned)
+                or status.state in TERMINAL_STATES,
+                f"{name}: executor {status.executor} does not exist",
+            )
         if status.state not in TERMINAL_STATES and settled:
             report.check(len(owned) <= 1, f"{name}: {len(owned)} live executors")
         # Executors are never reused.
@@ -112,7 +133,9 @@ def check_invariants(
         uids = {j["metadata"]["uid"]: j for j in snapshot.jobs}
         for executor in live:
             owner = uids.get(executor["spec"]["jobRef"]["uid"])
-            report.check(owner is not None and (owner.get("status") or {}).get("executor")
-                         == executor["metadata"]["name"],
-                         f"dangling executor {executor['metadata']['name']}")
+            report.check(
+                owner is not None
+                and (owner.get("status") or {}).get("executor") == executor["metadata"]["name"],
+                f"dangling executor {executor['metadata']['name']}",
+            )
     return report

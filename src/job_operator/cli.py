@@ -50,7 +50,8 @@ def new_token() -> str:
 def default_namespace(kubeconfig: str | None) -> str:
     """The kubeconfig context's namespace; in a pod without a kubeconfig, the pod's."""
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not (
-            kubeconfig or os.environ.get("KUBECONFIG")):
+        kubeconfig or os.environ.get("KUBECONFIG")
+    ):
         return lease_namespace()
     try:
         _, active = kube_config.list_kube_config_contexts(config_file=kubeconfig)
@@ -85,12 +86,15 @@ async def request(args: argparse.Namespace, annotation: str) -> int:
         except NotFound:
             raise CliError(f"job {namespace}/{args.name} not found", EXIT_NOT_FOUND) from None
         if args.no_wait:
-            emit({"request": token, "annotation": annotation, "job": f"{namespace}/{args.name}"},
-                 args.output)
+            emit(
+                {"request": token, "annotation": annotation, "job": f"{namespace}/{args.name}"},
+                args.output,
+            )
             return 0
         job = await wait_handled(kube, job, annotation, token, args.timeout)
-    record = job.status.reschedule if annotation == names.RESCHEDULE_ANNOTATION \
-        else job.status.cancel
+    record = (
+        job.status.reschedule if annotation == names.RESCHEDULE_ANNOTATION else job.status.cancel
+    )
     assert record is not None
     emit(views.seed_result(record.outcome, job), args.output)
     return 0
@@ -102,13 +106,13 @@ def handled(job: Job, annotation: str, token: str) -> bool:
     for rejected in job.status.rejected_requests:
         if rejected.annotation == annotation and rejected.token_digest == digest:
             raise CliError(f"request refused: {rejected.message}", EXIT_REFUSED)
-    record = job.status.reschedule if annotation == names.RESCHEDULE_ANNOTATION \
-        else job.status.cancel
+    record = (
+        job.status.reschedule if annotation == names.RESCHEDULE_ANNOTATION else job.status.cancel
+    )
     return record is not None and record.request == token
 
 
-async def wait_handled(kube: Kube, job: Job, annotation: str, token: str,
-                       timeout: float) -> Job:
+async def wait_handled(kube: Kube, job: Job, annotation: str, token: str, timeout: float) -> Job:
     """Watch the job until `token` is handled, or raise CliError at the deadline."""
     name, namespace = job.metadata.name, job.metadata.namespace or ""
     loop = asyncio.get_running_loop()
@@ -120,15 +124,21 @@ async def wait_handled(kube: Kube, job: Job, annotation: str, token: str,
             raise CliError(
                 f"timed out after {timeout:g}s waiting for the operator to handle "
                 f"{annotation}={token} on {namespace}/{name} (is the operator running?)",
-                EXIT_TIMEOUT)
+                EXIT_TIMEOUT,
+            )
         stream = watch.Watch()
         try:
             async with asyncio.timeout(remaining):
                 async for event in stream.stream(
-                        kube.custom.list_namespaced_custom_object, names.GROUP, names.VERSION,
-                        namespace, names.JOB_PLURAL, field_selector=f"metadata.name={name}",
-                        resource_version=resource_version,
-                        timeout_seconds=max(int(remaining), 1)):
+                    kube.custom.list_namespaced_custom_object,
+                    names.GROUP,
+                    names.VERSION,
+                    namespace,
+                    names.JOB_PLURAL,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=resource_version,
+                    timeout_seconds=max(int(remaining), 1),
+                ):
                     if event["type"] == "DELETED":
                         raise CliError(f"job {namespace}/{name} was deleted", EXIT_NOT_FOUND)
                     if event["type"] in ("ADDED", "MODIFIED"):
@@ -173,8 +183,10 @@ def run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # for kopf's own login, too
     config = OperatorConfig(
         namespaces=[] if args.all_namespaces else list(args.namespace or []),
-        policy=core.Policy(backoff_base=timedelta(seconds=args.backoff_base),
-                           backoff_cap=timedelta(seconds=args.backoff_cap)),
+        policy=core.Policy(
+            backoff_base=timedelta(seconds=args.backoff_base),
+            backoff_cap=timedelta(seconds=args.backoff_cap),
+        ),
         sweep_interval=args.sweep_interval,
         dangling_grace=timedelta(seconds=args.dangling_grace),
         workers=args.workers,
@@ -191,7 +203,8 @@ def parser() -> argparse.ArgumentParser:
 
     top = argparse.ArgumentParser(
         prog="job-operator",
-        description="Keeps data-plane jobs running; reschedules them on request.")
+        description="Keeps data-plane jobs running; reschedules them on request.",
+    )
     top.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
     top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -202,48 +215,90 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", choices=("json", "yaml", "text"), default="text")
         p.add_argument("--kubeconfig", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if wait:
-            p.add_argument("--no-wait", action="store_true",
-                           help="write the request and return without waiting")
-            p.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                           help="seconds to wait for the operator (default 60)")
+            p.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="write the request and return without waiting",
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=60.0,
+                metavar="S",
+                help="seconds to wait for the operator (default 60)",
+            )
 
     reschedule = commands.add_parser(
-        "reschedule", help="put a job back on the queue (a fresh executor)",
+        "reschedule",
+        help="put a job back on the queue (a fresh executor)",
         description="Request a reschedule and print its outcome: rescheduled, or "
-                    "skipped_terminal for a finished job unless --force.")
+        "skipped_terminal for a finished job unless --force.",
+    )
     common(reschedule, wait=True)
-    reschedule.add_argument("--force", action="store_true",
-                            help="reschedule even a completed, cancelled or failed job")
+    reschedule.add_argument(
+        "--force", action="store_true", help="reschedule even a completed, cancelled or failed job"
+    )
     common(commands.add_parser("cancel", help="cancel a job"), wait=True)
     common(commands.add_parser("get", help="show a job in the seed API's shape"), wait=False)
 
     operator = commands.add_parser("run", help="run the operator")
     scope = operator.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append",
-                       help="watch this namespace (repeatable)")
-    scope.add_argument("-A", "--all-namespaces", action="store_true",
-                       help="watch all namespaces (the default)")
-    operator.add_argument("--metrics-port", type=int, default=8080,
-                          help="port of /metrics, /healthz and /readyz (0: none)")
+    scope.add_argument(
+        "-n", "--namespace", action="append", help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)"
+    )
+    operator.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="port of /metrics, /healthz and /readyz (0: none)",
+    )
     operator.add_argument("--metrics-address", default="0.0.0.0")
-    operator.add_argument("--backoff-base", type=float, default=1.0,
-                          help="seconds before the first redispatch after an executor loss")
-    operator.add_argument("--backoff-cap", type=float, default=60.0,
-                          help="longest redispatch backoff, seconds")
-    operator.add_argument("--sweep-interval", type=float, default=60.0,
-                          help="seconds between full checks for lost and dangling clusters")
-    operator.add_argument("--dangling-grace", type=float, default=60.0,
-                          help="age after which an unclaimed ExecutorCluster is removed")
-    operator.add_argument("--workers", type=int, default=100,
-                          help="jobs reconciled at once, at most (default 100; 0: no limit)")
-    operator.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
-                          default=True, help="take a Lease so one replica acts (default on)")
-    operator.add_argument("--lease-namespace", default=None,
-                          help="namespace of the leader Lease (default: the pod's, or default)")
+    operator.add_argument(
+        "--backoff-base",
+        type=float,
+        default=1.0,
+        help="seconds before the first redispatch after an executor loss",
+    )
+    operator.add_argument(
+        "--backoff-cap", type=float, default=60.0, help="longest redispatch backoff, seconds"
+    )
+    operator.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=60.0,
+        help="seconds between full checks for lost and dangling clusters",
+    )
+    operator.add_argument(
+        "--dangling-grace",
+        type=float,
+        default=60.0,
+        help="age after which an unclaimed ExecutorCluster is removed",
+    )
+    operator.add_argument(
+        "--workers",
+        type=int,
+        default=100,
+        help="jobs reconciled at once, at most (default 100; 0: no limit)",
+    )
+    operator.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take a Lease so one replica acts (default on)",
+    )
+    operator.add_argument(
+        "--lease-namespace",
+        default=None,
+        help="namespace of the leader Lease (default: the pod's, or default)",
+    )
     operator.add_argument("--lease-name", default="job-operator-leader")
     operator.add_argument("--lease-duration", type=float, default=15.0)
-    operator.add_argument("--identity", default=None,
-                          help="this replica's name in the Lease (default: hostname-pid)")
+    operator.add_argument(
+        "--identity", default=None, help="this replica's name in the Lease (default: hostname-pid)"
+    )
 
     simulate = commands.add_parser("simulate", help="run the executor simulator")
     simulator.add_arguments(simulate)
@@ -254,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not args.verbose:  # kopf reports every handled event at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:

@@ -142,8 +142,9 @@ def pending_request(job: Job, annotation: str) -> Request | None:
     if record is not None and record.request == token:
         return None
     digest = token_digest(token)
-    if any(r.annotation == annotation and r.token_digest == digest
-           for r in status.rejected_requests):
+    if any(
+        r.annotation == annotation and r.token_digest == digest for r in status.rejected_requests
+    ):
         return None
     force = (
         annotation == names.RESCHEDULE_ANNOTATION
@@ -155,9 +156,11 @@ def pending_request(job: Job, annotation: str) -> Request | None:
 def invalid_reason(request: Request) -> tuple[str, str] | None:
     """Why a request cannot be honoured (reason, message), or None if it can."""
     if len(request.token) > TOKEN_MAX_LENGTH:
-        return ("TokenTooLong",
-                f"{request.annotation} is {len(request.token)} characters long; "
-                f"at most {TOKEN_MAX_LENGTH} are allowed")
+        return (
+            "TokenTooLong",
+            f"{request.annotation} is {len(request.token)} characters long; "
+            f"at most {TOKEN_MAX_LENGTH} are allowed",
+        )
     return None
 
 
@@ -165,23 +168,38 @@ def invalid_reason(request: Request) -> tuple[str, str] | None:
 
 
 def set_condition(
-    status: JobStatus, type_: str, value: bool, reason: str, message: str, now: datetime,
+    status: JobStatus,
+    type_: str,
+    value: bool,
+    reason: str,
+    message: str,
+    now: datetime,
     generation: int | None,
 ) -> list[Condition]:
     """Conditions with `type_` set; lastTransitionTime moves only when the value changes."""
     new_status: Literal["True", "False"] = "True" if value else "False"
     old = status.condition(type_)
     transition = old.last_transition_time if old and old.status == new_status else rfc3339(now)
-    condition = Condition(type=type_, status=new_status, reason=reason, message=message,
-                          last_transition_time=transition, observed_generation=generation)
+    condition = Condition(
+        type=type_,
+        status=new_status,
+        reason=reason,
+        message=message,
+        last_transition_time=transition,
+        observed_generation=generation,
+    )
     return [*(c for c in status.conditions if c.type != type_), condition]
 
 
 def _history_entry(status: JobStatus, reason: HistoryReason, now: datetime) -> HistoryEntry:
     return HistoryEntry(
-        attempt=status.attempt, executor=status.executor, state=status.state,
-        started_at=status.started_at, ended_at=status.ended_at or rfc3339(now),
-        reason=reason, result=status.result,
+        attempt=status.attempt,
+        executor=status.executor,
+        state=status.state,
+        started_at=status.started_at,
+        ended_at=status.ended_at or rfc3339(now),
+        reason=reason,
+        result=status.result,
     )
 
 
@@ -196,14 +214,29 @@ def _requeued(job: Job, reason: HistoryReason, now: datetime) -> JobStatus:
     recorded = bool(history) and history[-1].attempt == status.attempt
     if (status.executor is not None or status.terminal) and not recorded:
         history = _appended(history, _history_entry(status, reason, now))
-    return status.model_copy(update={
-        "state": "pending", "executor": None, "result": None, "reason": reason,
-        "message": None, "started_at": None, "ended_at": None, "updated_at": rfc3339(now),
-        "history": history, "observed_generation": job.metadata.generation,
-        "conditions": set_condition(status, DISPATCHED, False, "Pending",
-                                    "waiting for an ExecutorCluster", now,
-                                    job.metadata.generation),
-    })
+    return status.model_copy(
+        update={
+            "state": "pending",
+            "executor": None,
+            "result": None,
+            "reason": reason,
+            "message": None,
+            "started_at": None,
+            "ended_at": None,
+            "updated_at": rfc3339(now),
+            "history": history,
+            "observed_generation": job.metadata.generation,
+            "conditions": set_condition(
+                status,
+                DISPATCHED,
+                False,
+                "Pending",
+                "waiting for an ExecutorCluster",
+                now,
+                job.metadata.generation,
+            ),
+        }
+    )
 
 
 # --- the rules --------------------------------------------------------------------------
@@ -212,18 +245,34 @@ def _requeued(job: Job, reason: HistoryReason, now: datetime) -> JobStatus:
 def reject(job: Job, request: Request, reason: str, message: str, now: datetime) -> Decision:
     """A request that cannot be honoured: recorded so it is not retried, no state change."""
     status = job.status
-    condition_type = (RESCHEDULE_REQUEST_VALID if request.annotation ==
-                      names.RESCHEDULE_ANNOTATION else CANCEL_REQUEST_VALID)
-    record = RejectedRequest(annotation=request.annotation, token_digest=request.digest,
-                             reason=reason, message=message, rejected_at=rfc3339(now))
-    new = status.model_copy(update={
-        "rejected_requests": [*(r for r in status.rejected_requests
-                                if r.annotation != request.annotation), record],
-        "conditions": set_condition(status, condition_type, False, reason, message, now,
-                                    job.metadata.generation),
-    })
-    event_reason = ("InvalidRescheduleRequest" if condition_type == RESCHEDULE_REQUEST_VALID
-                    else "InvalidCancelRequest")
+    condition_type = (
+        RESCHEDULE_REQUEST_VALID
+        if request.annotation == names.RESCHEDULE_ANNOTATION
+        else CANCEL_REQUEST_VALID
+    )
+    record = RejectedRequest(
+        annotation=request.annotation,
+        token_digest=request.digest,
+        reason=reason,
+        message=message,
+        rejected_at=rfc3339(now),
+    )
+    new = status.model_copy(
+        update={
+            "rejected_requests": [
+                *(r for r in status.rejected_requests if r.annotation != request.annotation),
+                record,
+            ],
+            "conditions": set_condition(
+                status, condition_type, False, reason, message, now, job.metadata.generation
+            ),
+        }
+    )
+    event_reason = (
+        "InvalidRescheduleRequest"
+        if condition_type == RESCHEDULE_REQUEST_VALID
+        else "InvalidCancelRequest"
+    )
     return Decision(new, (Event("Warning", event_reason, message, request.key),))
 
 
@@ -231,92 +280,146 @@ def reschedule(job: Job, request: Request, now: datetime) -> Decision:
     """A manual reschedule: the seed's operation, by the contract's token and force rules."""
     status = job.status
     record = RescheduleRecord(
-        request=request.token, outcome="rescheduled", force=request.force,
-        handled_at=rfc3339(now), previous_state=status.state,
-        previous_executor=status.executor, requested_by=request.requested_by,
+        request=request.token,
+        outcome="rescheduled",
+        force=request.force,
+        handled_at=rfc3339(now),
+        previous_state=status.state,
+        previous_executor=status.executor,
+        requested_by=request.requested_by,
     )
     generation = job.metadata.generation
     if status.terminal and not request.force:
         skipped = record.model_copy(update={"outcome": "skipped_terminal"})
         message = f"job is {status.state}; set {names.RESCHEDULE_FORCE_ANNOTATION} to force"
-        conditions = set_condition(status, RESCHEDULED, False, "SkippedTerminal", message, now,
-                                   generation)
+        conditions = set_condition(
+            status, RESCHEDULED, False, "SkippedTerminal", message, now, generation
+        )
         new = status.model_copy(update={"reschedule": skipped, "conditions": conditions})
         new = _valid(new, now, generation)
         return Decision(new, (Event("Normal", "RescheduleSkipped", message, request.key),))
     reason = "Forced" if request.force else "ManualRequest"
     requeued = _requeued(job, "Rescheduled", now)
-    message = (f"rescheduled from {status.state}"
-               + (f" on {status.executor}" if status.executor else "")
-               + (" (forced)" if request.force else ""))
-    new = requeued.model_copy(update={
-        "reschedule": record, "auto_reschedules": 0, "dispatch_after": None,
-        "conditions": set_condition(requeued, RESCHEDULED, True, reason, message, now,
-                                    generation),
-    })
+    message = (
+        f"rescheduled from {status.state}"
+        + (f" on {status.executor}" if status.executor else "")
+        + (" (forced)" if request.force else "")
+    )
+    new = requeued.model_copy(
+        update={
+            "reschedule": record,
+            "auto_reschedules": 0,
+            "dispatch_after": None,
+            "conditions": set_condition(
+                requeued, RESCHEDULED, True, reason, message, now, generation
+            ),
+        }
+    )
     new = _valid(new, now, generation)
-    return Decision(new, (Event("Normal", "Rescheduled", message, request.key),),
-                    delete_executor=status.executor)
+    return Decision(
+        new,
+        (Event("Normal", "Rescheduled", message, request.key),),
+        delete_executor=status.executor,
+    )
 
 
 def _valid(status: JobStatus, now: datetime, generation: int | None) -> JobStatus:
-    conditions = set_condition(status, RESCHEDULE_REQUEST_VALID, True, "Accepted",
-                               "the last reschedule request was handled", now, generation)
+    conditions = set_condition(
+        status,
+        RESCHEDULE_REQUEST_VALID,
+        True,
+        "Accepted",
+        "the last reschedule request was handled",
+        now,
+        generation,
+    )
     return status.model_copy(update={"conditions": conditions})
 
 
 def cancel(job: Job, request: Request, now: datetime) -> Decision:
     """A cancel: a non-terminal job becomes cancelled and loses its executor."""
     status = job.status
-    record = CancelRecord(request=request.token, outcome="cancelled", handled_at=rfc3339(now),
-                          previous_state=status.state)
+    record = CancelRecord(
+        request=request.token,
+        outcome="cancelled",
+        handled_at=rfc3339(now),
+        previous_state=status.state,
+    )
     if status.terminal:
         skipped = record.model_copy(update={"outcome": "skipped_terminal"})
         message = f"job is already {status.state}; cancel ignored"
-        new = _cancel_valid(status.model_copy(update={"cancel": skipped}), now,
-                            job.metadata.generation)
+        new = _cancel_valid(
+            status.model_copy(update={"cancel": skipped}), now, job.metadata.generation
+        )
         return Decision(new, (Event("Normal", "CancelSkipped", message, request.key),))
     history = status.history
     if status.executor is not None:  # the attempt ends here, and its executor goes
         ended = status.model_copy(update={"state": "cancelled"})
         history = _appended(history, _history_entry(ended, "Cancelled", now))
-    new = status.model_copy(update={
-        "history": history,
-        "state": "cancelled", "executor": None, "reason": "Cancelled", "message": None,
-        "ended_at": rfc3339(now), "updated_at": rfc3339(now), "cancel": record,
-        "dispatch_after": None, "observed_generation": job.metadata.generation,
-        "conditions": set_condition(status, DISPATCHED, False, "Cancelled", "job cancelled",
-                                    now, job.metadata.generation),
-    })
+    new = status.model_copy(
+        update={
+            "history": history,
+            "state": "cancelled",
+            "executor": None,
+            "reason": "Cancelled",
+            "message": None,
+            "ended_at": rfc3339(now),
+            "updated_at": rfc3339(now),
+            "cancel": record,
+            "dispatch_after": None,
+            "observed_generation": job.metadata.generation,
+            "conditions": set_condition(
+                status,
+                DISPATCHED,
+                False,
+                "Cancelled",
+                "job cancelled",
+                now,
+                job.metadata.generation,
+            ),
+        }
+    )
     new = _cancel_valid(new, now, job.metadata.generation)
     message = "cancelled" + (f"; deleting {status.executor}" if status.executor else "")
-    return Decision(new, (Event("Normal", "Cancelled", message, request.key),),
-                    delete_executor=status.executor)
+    return Decision(
+        new, (Event("Normal", "Cancelled", message, request.key),), delete_executor=status.executor
+    )
 
 
 def _cancel_valid(status: JobStatus, now: datetime, generation: int | None) -> JobStatus:
     """A handled cancel clears an earlier rejection (CancelRequestValid=False), if any."""
     if status.condition(CANCEL_REQUEST_VALID) is None:
         return status
-    conditions = set_condition(status, CANCEL_REQUEST_VALID, True, "Accepted",
-                               "the last cancel request was handled", now, generation)
+    conditions = set_condition(
+        status,
+        CANCEL_REQUEST_VALID,
+        True,
+        "Accepted",
+        "the last cancel request was handled",
+        now,
+        generation,
+    )
     return status.model_copy(update={"conditions": conditions})
 
 
 def handle_requests(job: Job, now: datetime) -> Decision:
     """Every unhandled request annotation, cancel first, as one decision."""
     decision = Decision(job.status)
-    for annotation, rule in ((names.CANCEL_ANNOTATION, cancel),
-                             (names.RESCHEDULE_ANNOTATION, reschedule)):
+    for annotation, rule in (
+        (names.CANCEL_ANNOTATION, cancel),
+        (names.RESCHEDULE_ANNOTATION, reschedule),
+    ):
         current = job.model_copy(update={"status": decision.status})
         request = pending_request(current, annotation)
         if request is None:
             continue
         invalid = invalid_reason(request)
-        step = (reject(current, request, *invalid, now) if invalid
-                else rule(current, request, now))
-        decision = Decision(step.status, decision.events + step.events,
-                            step.delete_executor or decision.delete_executor)
+        step = reject(current, request, *invalid, now) if invalid else rule(current, request, now)
+        decision = Decision(
+            step.status,
+            decision.events + step.events,
+            step.delete_executor or decision.delete_executor,
+        )
     return decision
 
 
@@ -347,13 +450,25 @@ def dispatch(job: Job, executor: str, now: datetime) -> Decision:
     if dispatch_due(job, now) != timedelta(0):
         return Decision(status)
     attempt = status.attempt + 1
-    new = status.model_copy(update={
-        "executor": executor, "attempt": attempt, "dispatch_after": None, "reason": None,
-        "updated_at": rfc3339(now), "observed_generation": job.metadata.generation,
-        "conditions": set_condition(status, DISPATCHED, True, "ExecutorCreated",
-                                    f"attempt {attempt} on {executor}", now,
-                                    job.metadata.generation),
-    })
+    new = status.model_copy(
+        update={
+            "executor": executor,
+            "attempt": attempt,
+            "dispatch_after": None,
+            "reason": None,
+            "updated_at": rfc3339(now),
+            "observed_generation": job.metadata.generation,
+            "conditions": set_condition(
+                status,
+                DISPATCHED,
+                True,
+                "ExecutorCreated",
+                f"attempt {attempt} on {executor}",
+                now,
+                job.metadata.generation,
+            ),
+        }
+    )
     return Decision(new)
 
 
@@ -366,34 +481,59 @@ def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision
     generation = job.metadata.generation
     if status.auto_reschedules >= job.spec.max_auto_reschedules:
         history = _appended(status.history, _history_entry(status, "ExecutorLost", now))
-        message = (f"{lost} {why}; {status.auto_reschedules} automatic reschedules "
-                   f"already used (maxAutoReschedules={job.spec.max_auto_reschedules})")
-        new = status.model_copy(update={
-            "state": "failed", "executor": None, "reason": "ExecutorLostTooOften",
-            "message": message, "ended_at": rfc3339(now), "updated_at": rfc3339(now),
-            "history": history, "result": None, "observed_generation": generation,
-            "conditions": set_condition(status, DISPATCHED, False, "ExecutorLostTooOften",
-                                        message, now, generation),
-        })
-        return Decision(new, (Event("Warning", "ExecutorLostTooOften", message, f"lost:{lost}"),),
-                        delete_executor=lost)
+        message = (
+            f"{lost} {why}; {status.auto_reschedules} automatic reschedules "
+            f"already used (maxAutoReschedules={job.spec.max_auto_reschedules})"
+        )
+        new = status.model_copy(
+            update={
+                "state": "failed",
+                "executor": None,
+                "reason": "ExecutorLostTooOften",
+                "message": message,
+                "ended_at": rfc3339(now),
+                "updated_at": rfc3339(now),
+                "history": history,
+                "result": None,
+                "observed_generation": generation,
+                "conditions": set_condition(
+                    status, DISPATCHED, False, "ExecutorLostTooOften", message, now, generation
+                ),
+            }
+        )
+        return Decision(
+            new,
+            (Event("Warning", "ExecutorLostTooOften", message, f"lost:{lost}"),),
+            delete_executor=lost,
+        )
     losses = status.auto_reschedules + 1
     delay = policy.backoff(losses)
-    message = (f"{lost} {why}; automatic reschedule {losses} of "
-               f"{job.spec.max_auto_reschedules}, redispatch in {delay.total_seconds():g}s")
+    message = (
+        f"{lost} {why}; automatic reschedule {losses} of "
+        f"{job.spec.max_auto_reschedules}, redispatch in {delay.total_seconds():g}s"
+    )
     requeued = _requeued(job, "ExecutorLost", now)
-    new = requeued.model_copy(update={
-        "auto_reschedules": losses, "dispatch_after": rfc3339(now + delay),
-        "message": message,
-        "conditions": set_condition(requeued, RESCHEDULED, True, "ExecutorLost", message, now,
-                                    generation),
-    })
-    return Decision(new, (Event("Warning", "ExecutorLost", message, f"lost:{lost}"),),
-                    delete_executor=lost)
+    new = requeued.model_copy(
+        update={
+            "auto_reschedules": losses,
+            "dispatch_after": rfc3339(now + delay),
+            "message": message,
+            "conditions": set_condition(
+                requeued, RESCHEDULED, True, "ExecutorLost", message, now, generation
+            ),
+        }
+    )
+    return Decision(
+        new, (Event("Warning", "ExecutorLost", message, f"lost:{lost}"),), delete_executor=lost
+    )
 
 
 def follow_executor(
-    job: Job, executor: ExecutorCluster | None, name: str, policy: Policy, now: datetime,
+    job: Job,
+    executor: ExecutorCluster | None,
+    name: str,
+    policy: Policy,
+    now: datetime,
 ) -> Decision:
     """The job follows its current executor's phase; `executor` None means it is deleted.
 
@@ -412,25 +552,53 @@ def follow_executor(
     if phase == "Terminated":
         return executor_lost(job, policy, now, "was terminated")
     if phase == "Running" and status.state != "running":
-        return Decision(status.model_copy(update={
-            "state": "running", "started_at": status.started_at or stamp, "updated_at": stamp,
-            "observed_generation": generation,
-        }))
+        return Decision(
+            status.model_copy(
+                update={
+                    "state": "running",
+                    "started_at": status.started_at or stamp,
+                    "updated_at": stamp,
+                    "observed_generation": generation,
+                }
+            )
+        )
     if phase == "Succeeded":
-        return Decision(status.model_copy(update={
-            "state": "completed", "result": executor.status.result or {},
-            "reason": "Succeeded", "message": executor.status.message,
-            "started_at": status.started_at or stamp, "ended_at": stamp, "updated_at": stamp,
-            "observed_generation": generation,
-        }))
+        return Decision(
+            status.model_copy(
+                update={
+                    "state": "completed",
+                    "result": executor.status.result or {},
+                    "reason": "Succeeded",
+                    "message": executor.status.message,
+                    "started_at": status.started_at or stamp,
+                    "ended_at": stamp,
+                    "updated_at": stamp,
+                    "observed_generation": generation,
+                }
+            )
+        )
     if phase == "Failed":
-        return Decision(status.model_copy(update={
-            "state": "failed", "reason": "ExecutorFailed",
-            "message": executor.status.message or f"{name} failed",
-            "started_at": status.started_at or stamp, "ended_at": stamp, "updated_at": stamp,
-            "observed_generation": generation,
-        }), (Event("Warning", "ExecutorFailed", executor.status.message or f"{name} failed",
-                   f"failed:{name}"),))
+        return Decision(
+            status.model_copy(
+                update={
+                    "state": "failed",
+                    "reason": "ExecutorFailed",
+                    "message": executor.status.message or f"{name} failed",
+                    "started_at": status.started_at or stamp,
+                    "ended_at": stamp,
+                    "updated_at": stamp,
+                    "observed_generation": generation,
+                }
+            ),
+            (
+                Event(
+                    "Warning",
+                    "ExecutorFailed",
+                    executor.status.message or f"{name} failed",
+                    f"failed:{name}",
+                ),
+            ),
+        )
     return Decision(status)
 
 
@@ -438,14 +606,20 @@ def initialise(job: Job, now: datetime) -> Decision:
     """A new job (no status yet) starts pending."""
     if job.status.updated_at is not None:
         return Decision(job.status)
-    return Decision(job.status.model_copy(update={
-        "state": "pending", "updated_at": rfc3339(now),
-        "observed_generation": job.metadata.generation,
-    }))
+    return Decision(
+        job.status.model_copy(
+            update={
+                "state": "pending",
+                "updated_at": rfc3339(now),
+                "observed_generation": job.metadata.generation,
+            }
+        )
+    )
 
 
-def is_dangling(executor: ExecutorCluster, job: Job | None, grace: timedelta,
-                now: datetime) -> bool:
+def is_dangling(
+    executor: ExecutorCluster, job: Job | None, grace: timedelta, now: datetime
+) -> bool:
     """An ExecutorCluster nobody will use: its job is gone or has moved past it.
 
     A cluster newer than the job's attempt is a dispatch in flight (created, status
@@ -475,23 +649,40 @@ def recorded_events(job: Job, since: datetime) -> list[Event]:
     if record is not None and parse_time(record.handled_at) >= since:
         key = request_key(names.RESCHEDULE_ANNOTATION, token_digest(record.request))
         if record.outcome == "rescheduled":
-            events.append(Event("Normal", "Rescheduled",
-                                f"rescheduled from {record.previous_state}", key))
+            events.append(
+                Event("Normal", "Rescheduled", f"rescheduled from {record.previous_state}", key)
+            )
         else:
-            events.append(Event("Normal", "RescheduleSkipped",
-                                f"job was {record.previous_state}; not forced", key))
+            events.append(
+                Event(
+                    "Normal",
+                    "RescheduleSkipped",
+                    f"job was {record.previous_state}; not forced",
+                    key,
+                )
+            )
     cancelled = status.cancel
     if cancelled is not None and parse_time(cancelled.handled_at) >= since:
         key = request_key(names.CANCEL_ANNOTATION, token_digest(cancelled.request))
         reason = "Cancelled" if cancelled.outcome == "cancelled" else "CancelSkipped"
-        events.append(Event("Normal", reason, f"cancel request; job was "
-                                              f"{cancelled.previous_state}", key))
+        events.append(
+            Event("Normal", reason, f"cancel request; job was {cancelled.previous_state}", key)
+        )
     for rejected in status.rejected_requests:
         if parse_time(rejected.rejected_at) >= since:
-            reason = ("InvalidRescheduleRequest" if rejected.annotation ==
-                      names.RESCHEDULE_ANNOTATION else "InvalidCancelRequest")
-            events.append(Event("Warning", reason, rejected.message,
-                                request_key(rejected.annotation, rejected.token_digest)))
+            reason = (
+                "InvalidRescheduleRequest"
+                if rejected.annotation == names.RESCHEDULE_ANNOTATION
+                else "InvalidCancelRequest"
+            )
+            events.append(
+                Event(
+                    "Warning",
+                    reason,
+                    rejected.message,
+                    request_key(rejected.annotation, rejected.token_digest),
+                )
+            )
     return events
 
 
@@ -514,12 +705,17 @@ def executor_manifest(job: Job, name: str) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "namespace": meta.namespace,
-            "labels": {names.JOB_NAME_LABEL: label_value(meta.name),
-                       names.JOB_UID_LABEL: meta.uid},
-            "ownerReferences": [{
-                "apiVersion": names.API_VERSION, "kind": names.JOB_KIND, "name": meta.name,
-                "uid": meta.uid, "controller": True, "blockOwnerDeletion": True,
-            }],
+            "labels": {names.JOB_NAME_LABEL: label_value(meta.name), names.JOB_UID_LABEL: meta.uid},
+            "ownerReferences": [
+                {
+                    "apiVersion": names.API_VERSION,
+                    "kind": names.JOB_KIND,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": {
             "jobRef": {"name": meta.name, "uid": meta.uid},
@@ -527,7 +723,6 @@ def executor_manifest(job: Job, name: str) -> dict[str, Any]:
             "executorClass": job.spec.executor_class,
         },
     }
-
 
 
 def label_value(text: str) -> str:

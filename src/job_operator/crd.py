@@ -84,8 +84,14 @@ def object_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _crd(
-    *, kind: str, plural: str, singular: str, short_names: tuple[str, ...],
-    spec: type[BaseModel], status: type[BaseModel], columns: list[dict[str, Any]],
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    columns: list[dict[str, Any]],
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -95,39 +101,50 @@ def _crd(
             "group": names.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": kind, "listKind": f"{kind}List", "plural": plural,
-                "singular": singular, "shortNames": list(short_names),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": ["job-operator"],
             },
-            "versions": [{
-                "name": names.VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    *columns,
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": object_schema(spec),
-                        "status": object_schema(status),
+            "versions": [
+                {
+                    "name": names.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        *columns,
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": object_schema(spec),
+                                "status": object_schema(status),
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
 
 def job_crd() -> dict[str, Any]:
     return _crd(
-        kind=names.JOB_KIND, plural=names.JOB_PLURAL, singular=names.JOB_SINGULAR,
-        short_names=names.JOB_SHORT_NAMES, spec=JobSpec, status=JobStatus,
+        kind=names.JOB_KIND,
+        plural=names.JOB_PLURAL,
+        singular=names.JOB_SINGULAR,
+        short_names=names.JOB_SHORT_NAMES,
+        spec=JobSpec,
+        status=JobStatus,
         columns=[
             {"name": "State", "type": "string", "jsonPath": ".status.state"},
             {"name": "Executor", "type": "string", "jsonPath": ".status.executor"},
@@ -138,9 +155,12 @@ def job_crd() -> dict[str, Any]:
 
 def executor_crd() -> dict[str, Any]:
     return _crd(
-        kind=names.EXECUTOR_KIND, plural=names.EXECUTOR_PLURAL,
-        singular=names.EXECUTOR_SINGULAR, short_names=names.EXECUTOR_SHORT_NAMES,
-        spec=ExecutorSpec, status=ExecutorStatus,
+        kind=names.EXECUTOR_KIND,
+        plural=names.EXECUTOR_PLURAL,
+        singular=names.EXECUTOR_SINGULAR,
+        short_names=names.EXECUTOR_SHORT_NAMES,
+        spec=ExecutorSpec,
+        status=ExecutorStatus,
         columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Job", "type": "string", "jsonPath": ".spec.jobRef.name"},

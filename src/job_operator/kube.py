@@ -49,7 +49,6 @@ class NotFound(Exception):
     """The object does not exist (HTTP 404)."""
 
 
-
 def _translate(error: ApiException) -> Exception:
     if error.status == 409:
         return Conflict(str(error.reason))
@@ -84,7 +83,8 @@ async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration)
+            client_configuration=configuration
+        )
     else:
         await config.load_kube_config(config_file=path, client_configuration=configuration)
     configuration.connection_pool_maxsize = 64
@@ -111,14 +111,19 @@ class Kube:
     # --- Jobs ---------------------------------------------------------------------
 
     async def get_job(self, namespace: str, name: str) -> Job:
-        raw = await retry_transient(lambda: self.custom.get_namespaced_custom_object(
-            names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name))
+        raw = await retry_transient(
+            lambda: self.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name
+            )
+        )
         return Job.model_validate(raw)
 
     async def get_job_raw(self, namespace: str, name: str) -> dict[str, Any]:
         raw: dict[str, Any] = await retry_transient(
             lambda: self.custom.get_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name))
+                names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name
+            )
+        )
         return raw
 
     async def write_job_status(self, job: Job, status: JobStatus) -> Job:
@@ -128,43 +133,71 @@ class Kube:
         for key in job.status.to_api():
             new.setdefault(key, None)
         body = {"metadata": {"resourceVersion": job.metadata.resource_version}, "status": new}
-        raw = await retry_transient(lambda: self.custom.patch_namespaced_custom_object_status(
-            names.GROUP, names.VERSION, job.metadata.namespace or "", names.JOB_PLURAL,
-            job.metadata.name, body, **AS_MERGE_PATCH,
-            field_manager=names.FIELD_MANAGER))
+        raw = await retry_transient(
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                names.GROUP,
+                names.VERSION,
+                job.metadata.namespace or "",
+                names.JOB_PLURAL,
+                job.metadata.name,
+                body,
+                **AS_MERGE_PATCH,
+                field_manager=names.FIELD_MANAGER,
+            )
+        )
         return Job.model_validate(raw)
 
-    async def annotate_job(self, namespace: str, name: str, annotations: dict[str, str],
-                           field_manager: str) -> Job:
+    async def annotate_job(
+        self, namespace: str, name: str, annotations: dict[str, str], field_manager: str
+    ) -> Job:
         """Set annotations with a merge patch (atomic per key; retried when transient)."""
         body = {"metadata": {"annotations": annotations}}
-        raw = await retry_transient(lambda: self.custom.patch_namespaced_custom_object(
-            names.GROUP, names.VERSION, namespace, names.JOB_PLURAL, name, body,
-            **AS_MERGE_PATCH, field_manager=field_manager))
+        raw = await retry_transient(
+            lambda: self.custom.patch_namespaced_custom_object(
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.JOB_PLURAL,
+                name,
+                body,
+                **AS_MERGE_PATCH,
+                field_manager=field_manager,
+            )
+        )
         return Job.model_validate(raw)
 
     # --- ExecutorClusters -----------------------------------------------------------
 
     async def create_executor(self, manifest: dict[str, Any]) -> ExecutorCluster:
         namespace = manifest["metadata"]["namespace"]
-        raw = await retry_transient(lambda: self.custom.create_namespaced_custom_object(
-            names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, manifest,
-            field_manager=names.FIELD_MANAGER))
+        raw = await retry_transient(
+            lambda: self.custom.create_namespaced_custom_object(
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.EXECUTOR_PLURAL,
+                manifest,
+                field_manager=names.FIELD_MANAGER,
+            )
+        )
         return ExecutorCluster.model_validate(raw)
 
     async def delete_executor(self, namespace: str, name: str) -> bool:
         """Delete an ExecutorCluster; False if it was already gone."""
         try:
-            await retry_transient(lambda: self.custom.delete_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, name))
+            await retry_transient(
+                lambda: self.custom.delete_namespaced_custom_object(
+                    names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, name
+                )
+            )
         except NotFound:
             return False
         return True
 
-    async def list_executors(self, namespace: str | None = None,
-                             label_selector: str = "") -> list[ExecutorCluster]:
-        return [e async for page in self.executor_pages(namespace, label_selector)
-                for e in page]
+    async def list_executors(
+        self, namespace: str | None = None, label_selector: str = ""
+    ) -> list[ExecutorCluster]:
+        return [e async for page in self.executor_pages(namespace, label_selector) for e in page]
 
     async def list_jobs(self, namespace: str | None = None) -> list[Job]:
         return [j async for page in self.job_pages(namespace) for j in page]
@@ -174,13 +207,15 @@ class Kube:
         async for items in self._pages(names.JOB_PLURAL, namespace):
             yield [Job.model_validate(lean(item)) for item in items]
 
-    async def executor_pages(self, namespace: str | None = None,
-                             label_selector: str = "") -> AsyncIterator[list[ExecutorCluster]]:
+    async def executor_pages(
+        self, namespace: str | None = None, label_selector: str = ""
+    ) -> AsyncIterator[list[ExecutorCluster]]:
         async for items in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
             yield [ExecutorCluster.model_validate(lean(item)) for item in items]
 
-    async def _pages(self, plural: str, namespace: str | None,
-                     label_selector: str = "") -> AsyncIterator[list[dict[str, Any]]]:
+    async def _pages(
+        self, plural: str, namespace: str | None, label_selector: str = ""
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         async def page(token: str | None) -> dict[str, Any]:
             options: dict[str, Any] = {"label_selector": label_selector, "limit": PAGE_SIZE}
             if token:
@@ -188,10 +223,12 @@ class Kube:
             raw: dict[str, Any]
             if namespace is None:
                 raw = await self.custom.list_cluster_custom_object(
-                    names.GROUP, names.VERSION, plural, **options)
+                    names.GROUP, names.VERSION, plural, **options
+                )
             else:
                 raw = await self.custom.list_namespaced_custom_object(
-                    names.GROUP, names.VERSION, namespace, plural, **options)
+                    names.GROUP, names.VERSION, namespace, plural, **options
+                )
             return raw
 
         token: str | None = None
@@ -202,11 +239,20 @@ class Kube:
             if not token:
                 return
 
-    async def patch_executor_status(self, namespace: str, name: str,
-                                    status: dict[str, Any]) -> None:
-        await retry_transient(lambda: self.custom.patch_namespaced_custom_object_status(
-            names.GROUP, names.VERSION, namespace, names.EXECUTOR_PLURAL, name,
-            {"status": status}, **AS_MERGE_PATCH))
+    async def patch_executor_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        await retry_transient(
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.EXECUTOR_PLURAL,
+                name,
+                {"status": status},
+                **AS_MERGE_PATCH,
+            )
+        )
 
     # --- Events ---------------------------------------------------------------------
 
@@ -218,36 +264,55 @@ class Kube:
         namespace = meta.namespace or ""
         now = rfc3339_now()
         body: Any = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"name": event_name(job, event), "namespace": meta.namespace},
             "involvedObject": {
-                "apiVersion": names.API_VERSION, "kind": names.JOB_KIND, "name": meta.name,
-                "namespace": meta.namespace, "uid": meta.uid,
+                "apiVersion": names.API_VERSION,
+                "kind": names.JOB_KIND,
+                "name": meta.name,
+                "namespace": meta.namespace,
+                "uid": meta.uid,
                 "resourceVersion": meta.resource_version,
             },
-            "reason": event.reason, "message": event.message[:1024], "type": event.type,
-            "source": {"component": component}, "reportingComponent": component,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
-            await retry_transient(lambda: self.core.create_namespaced_event(namespace, body),
-                                  patience=10)
+            await retry_transient(
+                lambda: self.core.create_namespaced_event(namespace, body), patience=10
+            )
         except Conflict:
-            log.debug("event %s on %s/%s was already posted", event.reason, meta.namespace,
-                      meta.name)
+            log.debug(
+                "event %s on %s/%s was already posted", event.reason, meta.namespace, meta.name
+            )
         except (TimeoutError, ApiException, OSError, aiohttp.ClientError) as error:
-            log.warning("could not post event %s on %s/%s (will try again): %s",
-                        event.reason, meta.namespace, meta.name, error)
+            log.warning(
+                "could not post event %s on %s/%s (will try again): %s",
+                event.reason,
+                meta.namespace,
+                meta.name,
+                error,
+            )
             return False
         return True
 
     async def event_names(self, namespace: str | None) -> set[str]:
         """Names of the Job events in a namespace (None: all namespaces), read page by
         page as plain JSON (the client's Event models are heavy)."""
+
         async def page(token: str | None) -> dict[str, Any]:
             options: dict[str, Any] = {
                 "field_selector": f"involvedObject.kind={names.JOB_KIND}",
-                "limit": PAGE_SIZE, "_preload_content": False}
+                "limit": PAGE_SIZE,
+                "_preload_content": False,
+            }
             if token:
                 options["_continue"] = token
             response: Any  # the raw HTTP response, as _preload_content=False asks
@@ -268,8 +333,11 @@ class Kube:
                 return found
 
     async def list_job_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        raw = await retry_transient(lambda: self.core.list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name}"))
+        raw = await retry_transient(
+            lambda: self.core.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.name={name}"
+            )
+        )
         return [self.api.sanitize_for_serialization(item) for item in raw.items]
 
 

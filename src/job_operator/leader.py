@@ -67,17 +67,20 @@ class LeaderElector:
         loop = asyncio.get_running_loop()
         api = self.kube.custom
         try:
-            lease = await api.get_namespaced_custom_object(GROUP, VERSION, c.namespace,
-                                                           PLURAL, c.name)
+            lease = await api.get_namespaced_custom_object(
+                GROUP, VERSION, c.namespace, PLURAL, c.name
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Lease",
-                    "metadata": {"name": c.name, "namespace": c.namespace},
-                    "spec": self._spec(0)}
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Lease",
+                "metadata": {"name": c.name, "namespace": c.namespace},
+                "spec": self._spec(0),
+            }
             try:
-                await api.create_namespaced_custom_object(GROUP, VERSION, c.namespace,
-                                                          PLURAL, body)
+                await api.create_namespaced_custom_object(GROUP, VERSION, c.namespace, PLURAL, body)
             except ApiException as create_error:
                 if create_error.status == 409:
                     return False
@@ -100,8 +103,9 @@ class LeaderElector:
             new_spec = self._spec(transitions + 1)
         lease["spec"] = new_spec
         try:
-            await api.replace_namespaced_custom_object(GROUP, VERSION, c.namespace, PLURAL,
-                                                       c.name, lease)
+            await api.replace_namespaced_custom_object(
+                GROUP, VERSION, c.namespace, PLURAL, c.name, lease
+            )
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -116,14 +120,21 @@ class LeaderElector:
         while not stop.is_set():
             try:
                 if await self.try_acquire_or_renew():
-                    log.info("became leader (%s/%s as %s)", self.config.namespace,
-                             self.config.name, self.config.identity)
+                    log.info(
+                        "became leader (%s/%s as %s)",
+                        self.config.namespace,
+                        self.config.name,
+                        self.config.identity,
+                    )
                     return True
             except (ApiException, OSError, TimeoutError) as error:
                 log.warning("leader election: %s", error)
             if not announced:
-                log.info("standing by: %s/%s is held by another replica",
-                         self.config.namespace, self.config.name)
+                log.info(
+                    "standing by: %s/%s is held by another replica",
+                    self.config.namespace,
+                    self.config.name,
+                )
                 announced = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.retry_period)
@@ -157,12 +168,14 @@ class LeaderElector:
         c = self.config
         try:
             lease = await self.kube.custom.get_namespaced_custom_object(
-                GROUP, VERSION, c.namespace, PLURAL, c.name)
+                GROUP, VERSION, c.namespace, PLURAL, c.name
+            )
             if (lease.get("spec") or {}).get("holderIdentity") != c.identity:
                 return
             lease["spec"]["holderIdentity"] = ""
             await self.kube.custom.replace_namespaced_custom_object(
-                GROUP, VERSION, c.namespace, PLURAL, c.name, lease)
+                GROUP, VERSION, c.namespace, PLURAL, c.name, lease
+            )
             log.info("released the leader Lease")
         except (ApiException, OSError, TimeoutError) as error:
             log.warning("could not release the leader Lease: %s", error)

@@ -12,9 +12,7 @@ CANCEL_REQUESTS = Counter(
     "Cancel requests handled, by outcome (cancelled, skipped_terminal, invalid).",
     ["outcome"],
 )
-DISPATCHES = Counter(
-    "job_operator_dispatches_total", "Jobs placed on a fresh ExecutorCluster."
-)
+DISPATCHES = Counter("job_operator_dispatches_total", "Jobs placed on a fresh ExecutorCluster.")
 ORPHANS_FOUND = Counter(
     "job_operator_orphans_found_total",
     "Non-terminal jobs found without their ExecutorCluster, by how (watch, sweep).",

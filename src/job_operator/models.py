@@ -61,12 +61,16 @@ class JobSpec(ApiModel):
     """What to run. Written by users; `type` and `input` never change after creation."""
 
     type: Annotated[
-        str, Field(min_length=1, description="Kind of job, e.g. materialize-view.",
-                   json_schema_extra=immutable("type"))
+        str,
+        Field(
+            min_length=1,
+            description="Kind of job, e.g. materialize-view.",
+            json_schema_extra=immutable("type"),
+        ),
     ]
     input: Annotated[
-        dict[str, Any], Field(description="Free-form input of the job.",
-                              json_schema_extra=immutable("input"))
+        dict[str, Any],
+        Field(description="Free-form input of the job.", json_schema_extra=immutable("input")),
     ] = Field(default_factory=dict)
     data_plane_id: str | None = None
     idempotency_key: str | None = None
@@ -147,15 +151,22 @@ class JobStatus(ApiModel):
     updated_at: Annotated[str | None, Field(json_schema_extra=TIMESTAMP)] = None
     dispatch_after: Annotated[
         str | None,
-        Field(description="Backoff after an executor loss: no dispatch before this time.",
-              json_schema_extra=TIMESTAMP),
+        Field(
+            description="Backoff after an executor loss: no dispatch before this time.",
+            json_schema_extra=TIMESTAMP,
+        ),
     ] = None
     reschedule: RescheduleRecord | None = None
     cancel: CancelRecord | None = None
     rejected_requests: Annotated[
         list[RejectedRequest],
-        Field(max_length=2, json_schema_extra={
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["annotation"]}),
+        Field(
+            max_length=2,
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["annotation"],
+            },
+        ),
     ] = Field(default_factory=list)
     auto_reschedules: Annotated[int, Field(ge=0)] = 0
     history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_LIMIT)] = Field(
@@ -163,8 +174,12 @@ class JobStatus(ApiModel):
     )
     conditions: Annotated[
         list[Condition],
-        Field(json_schema_extra={
-            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+        Field(
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            }
+        ),
     ] = Field(default_factory=list)
     observed_generation: int | None = None
 

@@ -73,8 +73,9 @@ class Runtime:
         """Cache the job as last seen, without its managedFields (most of its memory)."""
         meta = job.metadata
         if meta.managed_fields:
-            job = job.model_copy(update={"metadata": meta.model_copy(
-                update={"managed_fields": []})})
+            job = job.model_copy(
+                update={"metadata": meta.model_copy(update={"managed_fields": []})}
+            )
         self.jobs[key_of(job)] = job
 
     def lock(self, key: JobKey) -> asyncio.Lock:
@@ -115,7 +116,9 @@ async def fresh(rt: Runtime, key: JobKey) -> Job | None:
 
 
 async def settle(
-    rt: Runtime, job: Job, decide: Callable[[Job, datetime], core.Decision],
+    rt: Runtime,
+    job: Job,
+    decide: Callable[[Job, datetime], core.Decision],
 ) -> Job | None:
     """Apply `decide` to the job, and dispatch it if that leaves it waiting, in one
     compare-and-swap status write; on 409, re-read and decide again.
@@ -166,8 +169,10 @@ async def settle(
         break
     else:
         raise kopf.TemporaryError(f"job {key[0]}/{key[1]} kept changing; will retry", delay=1)
-    if made is not None and (current is None or (
-            current.status.executor != made and core.dispatch_due(current, utcnow()) is None)):
+    if made is not None and (
+        current is None
+        or (current.status.executor != made and core.dispatch_due(current, utcnow()) is None)
+    ):
         if rt.made.get(job.metadata.uid, (0, ""))[1] == made:
             del rt.made[job.metadata.uid]
         await rt.kube.delete_executor(key[0], made)  # made, and no longer wanted
@@ -186,8 +191,11 @@ def record(before: Job, after: Job) -> None:
         metrics.CANCEL_REQUESTS.labels(new.cancel.outcome).inc()
     for rejected in new.rejected_requests:
         if rejected not in old.rejected_requests:
-            kind = metrics.RESCHEDULE_REQUESTS if rejected.annotation == \
-                names.RESCHEDULE_ANNOTATION else metrics.CANCEL_REQUESTS
+            kind = (
+                metrics.RESCHEDULE_REQUESTS
+                if rejected.annotation == names.RESCHEDULE_ANNOTATION
+                else metrics.CANCEL_REQUESTS
+            )
             kind.labels("invalid").inc()
     if new.auto_reschedules > old.auto_reschedules:
         metrics.AUTO_RESCHEDULES.labels("rescheduled").inc()
@@ -199,9 +207,11 @@ def record(before: Job, after: Job) -> None:
 
 def observe_latency(job: Job, annotation: str, handled_at: str) -> None:
     times = [
-        str(entry.get("time")) for entry in job.metadata.managed_fields
-        if f"f:{annotation}" in (entry.get("fieldsV1") or {}).get("f:metadata", {})
-        .get("f:annotations", {}) and entry.get("time")
+        str(entry.get("time"))
+        for entry in job.metadata.managed_fields
+        if f"f:{annotation}"
+        in (entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations", {})
+        and entry.get("time")
     ]
     if times:
         latency = core.parse_time(handled_at) - core.parse_time(max(times))
@@ -224,7 +234,8 @@ async def executor_for_next_attempt(rt: Runtime, job: Job) -> str:
         return made[1]
     if uid not in rt.looked_up:
         found = await rt.kube.list_executors(
-            job.metadata.namespace, label_selector=f"{names.JOB_UID_LABEL}={uid}")
+            job.metadata.namespace, label_selector=f"{names.JOB_UID_LABEL}={uid}"
+        )
         rt.looked_up.add(uid)
         for executor in found:
             if executor.spec.attempt == attempt and not executor.metadata.deletion_timestamp:
@@ -242,8 +253,7 @@ def schedule(rt: Runtime, key: JobKey, delay: float) -> None:
     if old is not None:
         old.cancel()
     loop = asyncio.get_running_loop()
-    rt.timers[key] = loop.call_later(
-        delay, lambda: rt.spawn(reconcile_by_key(rt, key)))
+    rt.timers[key] = loop.call_later(delay, lambda: rt.spawn(reconcile_by_key(rt, key)))
 
 
 async def reconcile_by_key(rt: Runtime, key: JobKey) -> None:
@@ -263,7 +273,10 @@ async def reconcile_job(rt: Runtime, job: Job) -> None:
 
 
 async def reconcile_executor(
-    rt: Runtime, executor: ExecutorCluster, deleted: bool, source: str,
+    rt: Runtime,
+    executor: ExecutorCluster,
+    deleted: bool,
+    source: str,
 ) -> None:
     """An ExecutorCluster changed or vanished: the job follows, or the cluster goes."""
     namespace = executor.metadata.namespace or ""
@@ -280,8 +293,13 @@ async def reconcile_executor(
             before = job.status
             job = await settle(rt, job, follow)
             lost = deleted or executor.status.phase == "Terminated"
-            if lost and job is not None and before.executor == name and not before.terminal \
-                    and job.status.executor != name:
+            if (
+                lost
+                and job is not None
+                and before.executor == name
+                and not before.terminal
+                and job.status.executor != name
+            ):
                 metrics.ORPHANS_FOUND.labels(source).inc()
         if deleted:
             if rt.made.get(executor.spec.job_ref.uid, (0, ""))[1] == name:
@@ -325,8 +343,9 @@ async def sweep(rt: Runtime) -> None:
                 current = job.status.executor
                 if current and not job.status.terminal:
                     holding[(job.metadata.namespace or "", current)] = job
-                elif core.dispatch_due(job, now) is not None or core.reconcile(
-                        job, now).changes(job):
+                elif core.dispatch_due(job, now) is not None or core.reconcile(job, now).changes(
+                    job
+                ):
                     waiting.append(key_of(job))
             await asyncio.sleep(0)  # let the handlers run between pages
         async for executors in rt.kube.executor_pages(namespace):
@@ -337,11 +356,15 @@ async def sweep(rt: Runtime) -> None:
                 owner = (executor.metadata.namespace or "", executor.spec.job_ref.name)
                 await delete_if_dangling(rt, executor, rt.jobs.get(owner))
         for (job_namespace, lost), job in holding.items():
-            gone = ExecutorCluster.model_validate({
-                "metadata": {"name": lost, "namespace": job_namespace},
-                "spec": {"jobRef": {"name": job.metadata.name, "uid": job.metadata.uid},
-                         "attempt": max(job.status.attempt, 1)},
-            })
+            gone = ExecutorCluster.model_validate(
+                {
+                    "metadata": {"name": lost, "namespace": job_namespace},
+                    "spec": {
+                        "jobRef": {"name": job.metadata.name, "uid": job.metadata.uid},
+                        "attempt": max(job.status.attempt, 1),
+                    },
+                }
+            )
             await reconcile_executor(rt, gone, deleted=True, source="sweep")
         for key in waiting:
             await reconcile_by_key(rt, key)  # a fresh read: lists age fast
@@ -363,8 +386,12 @@ async def repair_events(rt: Runtime) -> None:
                     if posted is None:  # read only when some job has recent requests
                         posted = await rt.kube.event_names(namespace)
                     if core.event_name(job, event) not in posted:
-                        log.info("posting the missed %s event of %s/%s", event.reason,
-                                 job.metadata.namespace, job.metadata.name)
+                        log.info(
+                            "posting the missed %s event of %s/%s",
+                            event.reason,
+                            job.metadata.namespace,
+                            job.metadata.name,
+                        )
                         if not await rt.kube.post_event(job, event):
                             rt.unposted.append((job, event))
 
@@ -393,8 +420,14 @@ async def guarded(rt: Runtime, key: JobKey, stage: str, work: Any) -> None:
         raise
     except Exception as error:
         metrics.ERRORS.labels(stage).inc()
-        log.error("reconciling %s/%s failed (%s); retrying in %.0fs", key[0], key[1], error,
-                  RETRY_DELAY, exc_info=not isinstance(error, kopf.TemporaryError))
+        log.error(
+            "reconciling %s/%s failed (%s); retrying in %.0fs",
+            key[0],
+            key[1],
+            error,
+            RETRY_DELAY,
+            exc_info=not isinstance(error, kopf.TemporaryError),
+        )
         schedule(rt, key, RETRY_DELAY)
 
 
@@ -408,8 +441,9 @@ def make_registry() -> kopf.OperatorRegistry:
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """Credentials from the service account in a pod, else from the kubeconfig."""
-        info: kopf.ConnectionInfo | None = (kopf.login_with_service_account(**kwargs)
-                                            or kopf.login_with_kubeconfig(**kwargs))
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+            **kwargs
+        ) or kopf.login_with_kubeconfig(**kwargs)
         return info
 
     @kopf.on.startup(registry=registry)
@@ -421,10 +455,8 @@ def make_registry() -> kopf.OperatorRegistry:
         settings.queueing.worker_limit = rt.config.workers or None
         # Only on.event handlers: kopf keeps no progress. Should a stateful handler ever
         # be added, its records stay under the operator's own prefix.
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix=names.GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=names.GROUP)
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=names.GROUP)
         settings.persistence.finalizer = f"{names.GROUP}/finalizer"
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
@@ -433,7 +465,8 @@ def make_registry() -> kopf.OperatorRegistry:
         # cluster-scoped: a Role in those namespaces is then all the operator needs
         # (deploy/overlays/namespaced; tests/integration/test_rbac.py proves it).
         settings.scanning.disabled = bool(rt.config.namespaces) and not any(
-            set("*?[!,") & set(ns) for ns in rt.config.namespaces)
+            set("*?[!,") & set(ns) for ns in rt.config.namespaces
+        )
         try:
             await repair_events(rt)
         except Exception as error:  # e.g. the CRDs not installed yet: carry on, say so
@@ -463,7 +496,8 @@ def make_registry() -> kopf.OperatorRegistry:
         if event.get("type") == "DELETED":
             rt.forget(key, job.metadata.uid)
             for executor in await rt.kube.list_executors(
-                    key[0], label_selector=f"{names.JOB_UID_LABEL}={job.metadata.uid}"):
+                key[0], label_selector=f"{names.JOB_UID_LABEL}={job.metadata.uid}"
+            ):
                 await rt.kube.delete_executor(key[0], executor.metadata.name)
             return
         if rt.superseded.get(key) == job.metadata.resource_version:
@@ -488,7 +522,8 @@ def make_registry() -> kopf.OperatorRegistry:
 
 
 async def run_operator(
-    config: OperatorConfig, stop_flag: threading.Event | asyncio.Event | None = None,
+    config: OperatorConfig,
+    stop_flag: threading.Event | asyncio.Event | None = None,
     ready_flag: threading.Event | asyncio.Event | None = None,
 ) -> None:
     """Run the operator until `stop_flag` is set (or forever)."""

@@ -35,8 +35,10 @@ async def start_endpoints(address: str, port: int, health: Health) -> web.AppRun
         return None
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=prometheus_client.generate_latest(),
-                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=prometheus_client.generate_latest(),
+            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+        )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text=f"ok ({health.role})\n")
@@ -46,8 +48,9 @@ async def start_endpoints(address: str, port: int, health: Health) -> web.AppRun
         return web.Response(text=f"{health.role}\n", status=200 if ready else 503)
 
     app = web.Application()
-    app.add_routes([web.get("/metrics", metrics), web.get("/healthz", healthz),
-                    web.get("/readyz", readyz)])
+    app.add_routes(
+        [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, address, port).start()
@@ -101,7 +104,9 @@ class OperatorDied(Exception):
 
 
 async def run_kopf_in_thread(
-    config: OperatorConfig, health: Health, *stops: asyncio.Event,
+    config: OperatorConfig,
+    health: Health,
+    *stops: asyncio.Event,
 ) -> None:
     """Run the operator (kopf) in a thread and event loop of its own until a stop is set.
 
@@ -123,7 +128,8 @@ async def run_kopf_in_thread(
     relaying = asyncio.create_task(relay())
     try:
         await asyncio.to_thread(
-            asyncio.run, run_operator(config, operator_stop, health.operator_ready))
+            asyncio.run, run_operator(config, operator_stop, health.operator_ready)
+        )
     finally:
         relaying.cancel()
     if not operator_stop.is_set():

@@ -18,8 +18,12 @@ def seed_job(job: Job) -> dict[str, Any]:
         "input": spec.input,
         "executor": status.executor,
         "data_plane_id": spec.data_plane_id,
-        "request_source": None if source is None else {
-            "type": source.type, "company_id": source.company_id, "user_id": source.user_id,
+        "request_source": None
+        if source is None
+        else {
+            "type": source.type,
+            "company_id": source.company_id,
+            "user_id": source.user_id,
         },
         "idempotency_key": spec.idempotency_key,
         "result": status.result,

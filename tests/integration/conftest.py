@@ -31,8 +31,14 @@ CRD_NAMES = (f"{names.JOB_PLURAL}.{names.GROUP}", f"{names.EXECUTOR_PLURAL}.{nam
 
 # Fast settings for tests: short backoff, frequent sweeps.
 OPERATOR_TEST_FLAGS = (
-    "--backoff-base", "0.2", "--backoff-cap", "1", "--sweep-interval", "2",
-    "--dangling-grace", "3",
+    "--backoff-base",
+    "0.2",
+    "--backoff-cap",
+    "1",
+    "--sweep-interval",
+    "2",
+    "--dangling-grace",
+    "3",
 )
 
 
@@ -47,8 +53,12 @@ def free_port() -> int:
 def crds(kube: Kube) -> None:
     """The project's CRDs, applied from crds/ and Established."""
     kube.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                     *(f"crd/{name}" for name in CRD_NAMES))
+    kube.kubectl_run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{name}" for name in CRD_NAMES),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +69,9 @@ def leases(kube: Kube) -> None:
     if "leases" in found.stdout:
         return
     kube.kubectl_run("apply", "-f", str(REPO / "hack" / "controlplane" / "leases-crd.yaml"))
-    kube.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/leases.coordination.k8s.io")
+    kube.kubectl_run(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/leases.coordination.k8s.io"
+    )
 
 
 @dataclass
@@ -78,8 +89,14 @@ class Process:
         log = self.log_path.open("ab")
         log.write(f"--- start {self.starts}: {' '.join(self.argv)}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -146,23 +163,44 @@ def job_operator_env(kube: Kube) -> dict[str, str]:
 
 @pytest.fixture
 def make_operator(
-    kube: Kube, namespace: str, crds: None, tmp_path: Path,
+    kube: Kube,
+    namespace: str,
+    crds: None,
+    tmp_path: Path,
 ) -> Iterator[Callable[..., Operator]]:
     """Builds operator processes for the test's namespace (not started)."""
     made: list[Operator] = []
 
     def build(*extra: str, leader_elect: bool = False) -> Operator:
         port = free_port()
-        argv = [sys.executable, "-m", "job_operator", "run", "-n", namespace,
-                "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
-                *OPERATOR_TEST_FLAGS, *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "job_operator",
+            "run",
+            "-n",
+            namespace,
+            "--metrics-port",
+            str(port),
+            "--metrics-address",
+            "127.0.0.1",
+            *OPERATOR_TEST_FLAGS,
+            *extra,
+        ]
         if leader_elect:
-            argv += ["--lease-namespace", namespace, "--lease-duration", "4",
-                     "--identity", f"replica-{len(made)}"]
+            argv += [
+                "--lease-namespace",
+                namespace,
+                "--lease-duration",
+                "4",
+                "--identity",
+                f"replica-{len(made)}",
+            ]
         else:
             argv.append("--no-leader-elect")
-        op = Operator(argv, job_operator_env(kube), tmp_path / f"operator-{len(made)}.log",
-                      metrics_port=port)
+        op = Operator(
+            argv, job_operator_env(kube), tmp_path / f"operator-{len(made)}.log", metrics_port=port
+        )
         made.append(op)
         return op
 
@@ -181,13 +219,29 @@ def operator(make_operator: Callable[..., Operator]) -> Operator:
 
 @pytest.fixture
 def make_simulator(
-    kube: Kube, namespace: str, crds: None, tmp_path: Path,
+    kube: Kube,
+    namespace: str,
+    crds: None,
+    tmp_path: Path,
 ) -> Iterator[Callable[..., Process]]:
     made: list[Process] = []
 
     def build(*extra: str) -> Process:
-        argv = [sys.executable, "-m", "job_operator", "simulate", "-n", namespace,
-                "--provision-seconds", "0.1", "--run-seconds", "0.5", "--seed", "7", *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "job_operator",
+            "simulate",
+            "-n",
+            namespace,
+            "--provision-seconds",
+            "0.1",
+            "--run-seconds",
+            "0.5",
+            "--seed",
+            "7",
+            *extra,
+        ]
         sim = Process(argv, job_operator_env(kube), tmp_path / f"simulator-{len(made)}.log")
         made.append(sim)
         return sim
@@ -212,12 +266,17 @@ class Jobs:
     namespace: str
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def manifest(self, name: str, *, annotations: dict[str, str] | None = None,
-                 **spec: Any) -> dict[str, Any]:
+    def manifest(
+        self, name: str, *, annotations: dict[str, str] | None = None, **spec: Any
+    ) -> dict[str, Any]:
         return {
-            "apiVersion": names.API_VERSION, "kind": names.JOB_KIND,
-            "metadata": {"name": name, "namespace": self.namespace,
-                         "annotations": annotations or {}},
+            "apiVersion": names.API_VERSION,
+            "kind": names.JOB_KIND,
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "annotations": annotations or {},
+            },
             "spec": {"type": "materialize-view", "input": {"dataset_id": 10736}, **spec},
         }
 
@@ -225,8 +284,9 @@ class Jobs:
         self.applied[manifest["metadata"]["name"]] = manifest
         return self.kube.kubectl_run("apply", "-f", "-", *extra, input=yaml.safe_dump(manifest))
 
-    def create(self, name: str, *, annotations: dict[str, str] | None = None,
-               **spec: Any) -> dict[str, Any]:
+    def create(
+        self, name: str, *, annotations: dict[str, str] | None = None, **spec: Any
+    ) -> dict[str, Any]:
         manifest = self.manifest(name, annotations=annotations, **spec)
         self.apply(manifest)
         return manifest
@@ -242,25 +302,36 @@ class Jobs:
 
     def annotate(self, name: str, annotations: dict[str, str]) -> None:
         pairs = [f"{k}={v}" for k, v in annotations.items()]
-        self.kube.kubectl_run("annotate", "--overwrite", "ojob", name, "-n", self.namespace,
-                              *pairs)
+        self.kube.kubectl_run("annotate", "--overwrite", "ojob", name, "-n", self.namespace, *pairs)
 
-    def wait(self, name: str, predicate: Callable[[dict[str, Any]], bool], description: str,
-             timeout: float = 30.0) -> dict[str, Any]:
+    def wait(
+        self,
+        name: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        description: str,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         """Poll the job's status until `predicate(status)` holds; return that status."""
+
         def check() -> dict[str, Any] | None:
             status = self.status(name)
             return status if predicate(status) else None
-        result: dict[str, Any] = wait_for(check, timeout=timeout, interval=0.2,
-                                          description=f"{name}: {description}")
+
+        result: dict[str, Any] = wait_for(
+            check, timeout=timeout, interval=0.2, description=f"{name}: {description}"
+        )
         return result
 
     def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
         return self.wait(name, lambda s: s.get("state") == state, f"state {state}", timeout)
 
     def wait_running(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
-        return self.wait(name, lambda s: s.get("state") == "running" and bool(s.get("executor")),
-                         "running on an executor", timeout)
+        return self.wait(
+            name,
+            lambda s: s.get("state") == "running" and bool(s.get("executor")),
+            "running on an executor",
+            timeout,
+        )
 
     def executors(self) -> list[dict[str, Any]]:
         out = self.kube.kubectl_run("get", "ec", "-n", self.namespace, "-o", "json")
@@ -271,23 +342,34 @@ class Jobs:
         return {e["metadata"]["name"] for e in self.executors()}
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = self.kube.kubectl_run("get", "events", "-n", self.namespace, "-o", "json",
-                                    f"--field-selector=involvedObject.name={name}")
+        out = self.kube.kubectl_run(
+            "get",
+            "events",
+            "-n",
+            self.namespace,
+            "-o",
+            "json",
+            f"--field-selector=involvedObject.name={name}",
+        )
         items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
         return items
 
     def event_reasons(self, name: str) -> list[str]:
         return [e["reason"] for e in self.events(name)]
 
-    def wait_events(self, name: str, reason: str, count: int = 1,
-                    timeout: float = 30.0) -> list[dict[str, Any]]:
+    def wait_events(
+        self, name: str, reason: str, count: int = 1, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
         """Wait until `count` events with `reason` are on the job; return them (exactly
         `count`, or the assertion fails)."""
+
         def check() -> list[dict[str, Any]] | None:
             found = [e for e in self.events(name) if e["reason"] == reason]
             return found if len(found) >= count else None
-        found: list[dict[str, Any]] = wait_for(check, timeout=timeout, interval=0.2,
-                                               description=f"{count} {reason} event(s) on {name}")
+
+        found: list[dict[str, Any]] = wait_for(
+            check, timeout=timeout, interval=0.2, description=f"{count} {reason} event(s) on {name}"
+        )
         assert len(found) == count, found
         return found
 

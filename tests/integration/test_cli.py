@@ -16,16 +16,33 @@ from tests.helpers import Kube
 from tests.integration.conftest import HANG, Jobs, Operator, Process, job_operator_env
 
 SEED_KEYS = {
-    "job_id", "state", "type", "input", "executor", "data_plane_id", "request_source",
-    "idempotency_key", "result", "created_at", "updated_at", "ended_at",
+    "job_id",
+    "state",
+    "type",
+    "input",
+    "executor",
+    "data_plane_id",
+    "request_source",
+    "idempotency_key",
+    "result",
+    "created_at",
+    "updated_at",
+    "ended_at",
 }
 
 
-def cli(kube: Kube, *args: str, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    kube: Kube, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "job_operator", *args], env=env or job_operator_env(kube),
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        [sys.executable, "-m", "job_operator", *args],
+        env=env or job_operator_env(kube),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def result_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -35,10 +52,18 @@ def result_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 def test_reschedule_prints_the_seed_shaped_result(
-    kube: Kube, jobs: Jobs, operator: Operator, simulator: Process,
+    kube: Kube,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
-    jobs.create("nightly", annotations=HANG, dataPlaneId="dp-1", idempotencyKey="k-1",
-                requestSource={"type": "api_user", "companyId": 1, "userId": 407})
+    jobs.create(
+        "nightly",
+        annotations=HANG,
+        dataPlaneId="dp-1",
+        idempotencyKey="k-1",
+        requestSource={"type": "api_user", "companyId": 1, "userId": 407},
+    )
     before = jobs.wait_running("nightly")
     result = result_of(cli(kube, "reschedule", "nightly", "-n", jobs.namespace, "-o", "json"))
     assert set(result) == SEED_KEYS | {"outcome"}
@@ -56,7 +81,10 @@ def test_reschedule_prints_the_seed_shaped_result(
 
 
 def test_terminal_job_skipped_then_forced(
-    kube: Kube, jobs: Jobs, operator: Operator, simulator: Process,
+    kube: Kube,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("done")
     done = jobs.wait_state("done", "completed")
@@ -72,15 +100,18 @@ def test_terminal_job_skipped_then_forced(
     assert parsed["state"] == "pending" and parsed["result"] is None
     text = cli(kube, "reschedule", "done", "-n", jobs.namespace)
     assert text.returncode == 0
-    assert text.stdout.splitlines()[0].split() in (["outcome", "rescheduled"],
-                                                   ["outcome", "skipped_terminal"])
+    assert text.stdout.splitlines()[0].split() in (
+        ["outcome", "rescheduled"],
+        ["outcome", "skipped_terminal"],
+    )
 
 
 def test_missing_job_fails_with_one_line(kube: Kube, jobs: Jobs, operator: Operator) -> None:
     proc = cli(kube, "reschedule", "ghost", "-n", jobs.namespace)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"job-operator: job {jobs.namespace}/ghost "
-                                                "not found"]
+    assert proc.stderr.strip().splitlines() == [
+        f"job-operator: job {jobs.namespace}/ghost not found"
+    ]
 
 
 def test_timeout_when_no_operator_handles_the_request(kube: Kube, jobs: Jobs) -> None:
@@ -92,17 +123,24 @@ def test_timeout_when_no_operator_handles_the_request(kube: Kube, jobs: Jobs) ->
 
 
 def test_refused_request_exits_non_zero(
-    kube: Kube, jobs: Jobs, operator: Operator, simulator: Process,
+    kube: Kube,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     """The CLI's own tokens are always valid; a refused one comes from elsewhere. This
     checks the --no-wait path and `get` after an over-long token was refused."""
     jobs.create("refuse", annotations=HANG)
     jobs.wait_running("refuse")
-    nowait = result_of(cli(kube, "reschedule", "refuse", "-n", jobs.namespace, "--no-wait",
-                           "-o", "json"))
+    nowait = result_of(
+        cli(kube, "reschedule", "refuse", "-n", jobs.namespace, "--no-wait", "-o", "json")
+    )
     assert nowait["annotation"] == names.RESCHEDULE_ANNOTATION and nowait["request"]
-    jobs.wait("refuse", lambda s: (s.get("reschedule") or {}).get("request") ==
-              nowait["request"], "the --no-wait request handled")
+    jobs.wait(
+        "refuse",
+        lambda s: (s.get("reschedule") or {}).get("request") == nowait["request"],
+        "the --no-wait request handled",
+    )
     got = result_of(cli(kube, "get", "refuse", "-n", jobs.namespace, "-o", "json"))
     assert set(got) == SEED_KEYS
 
@@ -112,7 +150,10 @@ def test_cancel_command(kube: Kube, jobs: Jobs, operator: Operator, simulator: P
     jobs.wait_running("stop-me")
     result = result_of(cli(kube, "cancel", "stop-me", "-n", jobs.namespace, "-o", "json"))
     assert (result["outcome"], result["state"], result["executor"]) == (
-        "cancelled", "cancelled", None)
+        "cancelled",
+        "cancelled",
+        None,
+    )
     again = result_of(cli(kube, "cancel", "stop-me", "-n", jobs.namespace, "-o", "json"))
     assert again["outcome"] == "skipped_terminal"
 
@@ -126,6 +167,11 @@ def test_kubectl_plugin(kube: Kube, jobs: Jobs, operator: Operator, simulator: P
     # so the cluster comes from $KUBECONFIG.
     proc = subprocess.run(
         [kube.kubectl, "reschedule", "plugged", "-n", jobs.namespace, "--force", "-o", "json"],
-        env=env, capture_output=True, text=True, timeout=120, check=False)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["outcome"] == "rescheduled"

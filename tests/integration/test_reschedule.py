@@ -31,11 +31,14 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 def handled(token: str) -> Callable[[dict[str, Any]], bool]:
     def check(status: dict[str, Any]) -> bool:
         return bool((status.get("reschedule") or {}).get("request") == token)
+
     return check
 
 
 def test_new_job_runs_on_a_fresh_owned_executor(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("nightly", annotations=HANG)
     status = jobs.wait_running("nightly")
@@ -51,12 +54,17 @@ def test_new_job_runs_on_a_fresh_owned_executor(
     assert owner["uid"] == job["metadata"]["uid"] and owner["controller"] is True
     assert ec["metadata"]["labels"][names.JOB_UID_LABEL] == job["metadata"]["uid"]
     assert ec["metadata"]["labels"][names.JOB_NAME_LABEL] == "nightly"
-    assert ec["spec"] == {"jobRef": {"name": "nightly", "uid": job["metadata"]["uid"]},
-                          "attempt": 1, "executorClass": "default"}
+    assert ec["spec"] == {
+        "jobRef": {"name": "nightly", "uid": job["metadata"]["uid"]},
+        "attempt": 1,
+        "executorClass": "default",
+    }
 
 
 def test_job_follows_its_executor_to_completion(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("done")
     status = jobs.wait_state("done", "completed")
@@ -65,7 +73,9 @@ def test_job_follows_its_executor_to_completion(
 
 
 def test_reschedule_running_job_moves_it_to_a_fresh_executor(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("stuck", annotations=HANG)
     first = jobs.wait_running("stuck")["executor"]
@@ -79,10 +89,17 @@ def test_reschedule_running_job_moves_it_to_a_fresh_executor(
     assert record["requestedBy"] == "kubectl-annotate"
     entry = status["history"][-1]
     assert (entry["attempt"], entry["executor"], entry["state"], entry["reason"]) == (
-        1, first, "running", "Rescheduled")
+        1,
+        first,
+        "running",
+        "Rescheduled",
+    )
     assert condition(status, "Rescheduled")["reason"] == "ManualRequest"
-    status = jobs.wait("stuck", lambda s: s.get("state") == "running" and s.get("executor")
-                       not in (None, first), "running on a new executor")
+    status = jobs.wait(
+        "stuck",
+        lambda s: s.get("state") == "running" and s.get("executor") not in (None, first),
+        "running on a new executor",
+    )
     assert status["attempt"] == 2
     wait_for(lambda: first not in jobs.executor_names(), description="old executor deleted")
     jobs.wait_events("stuck", "Rescheduled")
@@ -91,7 +108,9 @@ def test_reschedule_running_job_moves_it_to_a_fresh_executor(
 
 
 def test_every_reschedule_gets_a_cluster_never_used_before(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("hopper", annotations=HANG)
     seen = [jobs.wait_running("hopper")["executor"]]
@@ -99,17 +118,27 @@ def test_every_reschedule_gets_a_cluster_never_used_before(
         token = f"hop-{round_}"
         jobs.annotate("hopper", {RESCHEDULE: token})
         done = handled(token)
-        status = jobs.wait("hopper", lambda s, done=done: done(s) and  # type: ignore[misc]
-                           s.get("state") == "running", f"{token} handled and running")
+        status = jobs.wait(
+            "hopper",
+            lambda s, done=done: (
+                done(s)  # type: ignore[misc]
+                and s.get("state") == "running"
+            ),
+            f"{token} handled and running",
+        )
         assert status["executor"] not in seen
         seen.append(status["executor"])
-        wait_for(lambda: jobs.executor_names() == {seen[-1]},
-                 description="only the current executor left")
+        wait_for(
+            lambda: jobs.executor_names() == {seen[-1]},
+            description="only the current executor left",
+        )
     assert [h["executor"] for h in jobs.status("hopper")["history"]] == seen[:-1]
 
 
 def test_terminal_job_is_skipped_and_untouched(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("finished")
     before = jobs.wait_state("finished", "completed")
@@ -117,8 +146,16 @@ def test_terminal_job_is_skipped_and_untouched(
     after = jobs.wait("finished", handled("t1"), "skip recorded")
     assert after["reschedule"]["outcome"] == "skipped_terminal"
     assert after["reschedule"]["previousState"] == "completed"
-    for key in ("state", "executor", "attempt", "result", "endedAt", "startedAt", "history",
-                "updatedAt"):
+    for key in (
+        "state",
+        "executor",
+        "attempt",
+        "result",
+        "endedAt",
+        "startedAt",
+        "history",
+        "updatedAt",
+    ):
         assert after.get(key) == before.get(key), key
     assert condition(after, "Rescheduled")["reason"] == "SkippedTerminal"
     jobs.wait_events("finished", "RescheduleSkipped")
@@ -126,7 +163,9 @@ def test_terminal_job_is_skipped_and_untouched(
 
 
 def test_forced_reschedule_reruns_a_terminal_job(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("rerun")
     done = jobs.wait_state("rerun", "completed")
@@ -138,19 +177,27 @@ def test_forced_reschedule_reruns_a_terminal_job(
     entry = status["history"][-1]
     assert entry["state"] == "completed"
     assert entry["result"] == done["result"] and entry["endedAt"] == done["endedAt"]
-    again = jobs.wait("rerun", lambda s: s.get("state") == "completed" and
-                      s.get("executor") != done["executor"], "completed again, elsewhere")
+    again = jobs.wait(
+        "rerun",
+        lambda s: s.get("state") == "completed" and s.get("executor") != done["executor"],
+        "completed again, elsewhere",
+    )
     assert again["attempt"] == 2
 
 
 def test_stale_force_annotation_does_not_force(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("stale")
     jobs.wait_state("stale", "completed")
     jobs.annotate("stale", {RESCHEDULE: "a", FORCE: "a"})
-    jobs.wait("stale", lambda s: handled("a")(s) and s.get("state") == "completed",
-              "forced rerun completed")
+    jobs.wait(
+        "stale",
+        lambda s: handled("a")(s) and s.get("state") == "completed",
+        "forced rerun completed",
+    )
     jobs.annotate("stale", {RESCHEDULE: "b"})  # the force annotation still says "a"
     status = jobs.wait("stale", handled("b"), "b handled")
     assert status["reschedule"]["outcome"] == "skipped_terminal"
@@ -158,13 +205,18 @@ def test_stale_force_annotation_does_not_force(
 
 
 def test_same_token_is_handled_once(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("once", annotations=HANG)
     jobs.wait_running("once")
     jobs.annotate("once", {RESCHEDULE: "same"})
-    jobs.wait("once", lambda s: handled("same")(s) and s.get("state") == "running",
-              "handled and running again")
+    jobs.wait(
+        "once",
+        lambda s: handled("same")(s) and s.get("state") == "running",
+        "handled and running again",
+    )
     jobs.annotate("once", {RESCHEDULE: "same", "unrelated": "touch"})  # same token again
     # A later token is a barrier: the operator handles one job's changes in order.
     jobs.annotate("once", {RESCHEDULE: "next"})
@@ -175,29 +227,42 @@ def test_same_token_is_handled_once(
 
 
 def test_gitops_apply_twice_handles_once_and_shows_no_drift(
-    kube: Kube, jobs: Jobs, operator: Operator, simulator: Process, tmp_path: object,
+    kube: Kube,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
+    tmp_path: object,
 ) -> None:
     jobs.create("gitops", annotations=HANG)
     jobs.wait_running("gitops")
     manifest = jobs.manifest("gitops", annotations={**HANG, RESCHEDULE: "2024-06-01T00:00:00Z"})
     jobs.apply(manifest)
-    jobs.wait("gitops", lambda s: handled("2024-06-01T00:00:00Z")(s) and
-              s.get("state") == "running", "handled and running")
+    jobs.wait(
+        "gitops",
+        lambda s: handled("2024-06-01T00:00:00Z")(s) and s.get("state") == "running",
+        "handled and running",
+    )
     jobs.apply(manifest)  # the same commit, synced again
     manifest2 = jobs.manifest("gitops", annotations={**HANG, RESCHEDULE: "2024-06-02T00:00:00Z"})
     jobs.apply(manifest2)
-    status = jobs.wait("gitops", lambda s: handled("2024-06-02T00:00:00Z")(s) and
-                       s.get("state") == "running", "second request handled")
+    status = jobs.wait(
+        "gitops",
+        lambda s: handled("2024-06-02T00:00:00Z")(s) and s.get("state") == "running",
+        "second request handled",
+    )
     assert [h["reason"] for h in status["history"]] == ["Rescheduled", "Rescheduled"]
     diff = kube.kubectl_run("diff", "-f", "-", input=yaml.safe_dump(manifest2), check=False)
     assert diff.returncode == 0, diff.stdout + diff.stderr
-    server_side = kube.kubectl_run("diff", "--server-side", "-f", "-",
-                                   input=yaml.safe_dump(manifest2), check=False)
+    server_side = kube.kubectl_run(
+        "diff", "--server-side", "-f", "-", input=yaml.safe_dump(manifest2), check=False
+    )
     assert server_side.returncode == 0, server_side.stdout + server_side.stderr
 
 
 def test_over_long_token_is_refused_without_changing_state(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("bad", annotations=HANG)
     before = jobs.wait_running("bad")
@@ -206,7 +271,10 @@ def test_over_long_token_is_refused_without_changing_state(
     valid = condition(status, "RescheduleRequestValid")
     assert (valid["status"], valid["reason"]) == ("False", "TokenTooLong")
     assert (status["state"], status["executor"], status["attempt"]) == (
-        before["state"], before["executor"], before["attempt"])
+        before["state"],
+        before["executor"],
+        before["attempt"],
+    )
     assert status.get("reschedule") is None
     (warning,) = jobs.wait_events("bad", "InvalidRescheduleRequest")
     assert warning["type"] == "Warning" and "256" in warning["message"]
@@ -219,7 +287,9 @@ def test_over_long_token_is_refused_without_changing_state(
 
 
 def test_cancel_running_job_then_cancel_is_skipped(
-    jobs: Jobs, operator: Operator, simulator: Process,
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     jobs.create("cancel-me", annotations=HANG)
     executor = jobs.wait_running("cancel-me")["executor"]
@@ -235,7 +305,9 @@ def test_cancel_running_job_then_cancel_is_skipped(
 
 
 def test_unforced_reschedule_racing_completion_never_resets_a_terminal_job(
-    kube: Kube, jobs: Jobs, operator: Operator,
+    kube: Kube,
+    jobs: Jobs,
+    operator: Operator,
 ) -> None:
     """The test plays the provisioner: it completes each executor at the moment it asks
     for an unforced reschedule, many times; a job that ended terminal stays terminal."""
@@ -249,15 +321,41 @@ def test_unforced_reschedule_racing_completion_never_resets_a_terminal_job(
     completions, requests = [], []
     for i in range(trials):
         patch = json.dumps({"status": {"phase": "Succeeded", "result": {"trial": i}}})
-        completions.append(subprocess.Popen(kube.kubectl_argv(
-            "patch", "ec", executors[i], "-n", jobs.namespace, "--subresource=status",
-            "--type=merge", "-p", patch), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True))
-        requests.append(subprocess.Popen(kube.kubectl_argv(
-            "annotate", "--overwrite", "ojob", f"race-{i}", "-n", jobs.namespace,
-            f"{RESCHEDULE}=race"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    for proc in requests:
-        assert proc.wait(60) == 0
+        completions.append(
+            subprocess.Popen(
+                kube.kubectl_argv(
+                    "patch",
+                    "ec",
+                    executors[i],
+                    "-n",
+                    jobs.namespace,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    patch,
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        requests.append(
+            subprocess.Popen(
+                kube.kubectl_argv(
+                    "annotate",
+                    "--overwrite",
+                    "ojob",
+                    f"race-{i}",
+                    "-n",
+                    jobs.namespace,
+                    f"{RESCHEDULE}=race",
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    for request in requests:
+        assert request.wait(60) == 0
     completed = []
     for proc in completions:
         _, stderr = proc.communicate(timeout=60)
@@ -292,22 +390,40 @@ def test_unforced_reschedule_racing_completion_never_resets_a_terminal_job(
     ],
 )
 def test_invalid_manifests_are_refused_by_the_server(
-    kube: Kube, jobs: Jobs, spec: dict[str, object], message: str,
+    kube: Kube,
+    jobs: Jobs,
+    spec: dict[str, object],
+    message: str,
 ) -> None:
-    manifest = {"apiVersion": names.API_VERSION, "kind": names.JOB_KIND,
-                "metadata": {"name": "invalid", "namespace": jobs.namespace}, "spec": spec}
+    manifest = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.JOB_KIND,
+        "metadata": {"name": "invalid", "namespace": jobs.namespace},
+        "spec": spec,
+    }
     result = kube.kubectl_run("apply", "-f", "-", input=yaml.safe_dump(manifest), check=False)
     assert result.returncode != 0
     assert message in result.stderr
-    assert kube.kubectl_run("get", "ojob", "invalid", "-n", jobs.namespace,
-                            check=False).returncode != 0
+    assert (
+        kube.kubectl_run("get", "ojob", "invalid", "-n", jobs.namespace, check=False).returncode
+        != 0
+    )
 
 
 def test_bad_state_and_immutable_fields_are_refused(kube: Kube, jobs: Jobs) -> None:
     jobs.create("fixed")
     bad_state = kube.kubectl_run(
-        "patch", "ojob", "fixed", "-n", jobs.namespace, "--subresource=status", "--type=merge",
-        "-p", '{"status":{"state":"exploded"}}', check=False)
+        "patch",
+        "ojob",
+        "fixed",
+        "-n",
+        jobs.namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"state":"exploded"}}',
+        check=False,
+    )
     assert bad_state.returncode != 0 and "exploded" in bad_state.stderr
     changed = jobs.manifest("fixed")
     changed["spec"]["type"] = "something-else"

@@ -34,15 +34,19 @@ async def settled_invariants(storm: Storm, timeout: float = 60.0) -> None:
         report = check_invariants(await storm.snapshot(), storm.tokens)
         last = report.violations
         return bool(report)
+
     try:
-        await async_wait_for(holds, timeout=timeout, interval=1.0,
-                             description="the invariants")
+        await async_wait_for(holds, timeout=timeout, interval=1.0, description="the invariants")
     except AssertionError:
         pytest.fail("invariants broken:\n" + "\n".join(last[:40]), pytrace=False)
 
 
 async def test_sigkill_during_a_storm_loses_and_duplicates_nothing(
-    kube: Kube, namespace: str, api: Api, operator: Operator, simulator: Process,
+    kube: Kube,
+    namespace: str,
+    api: Api,
+    operator: Operator,
+    simulator: Process,
 ) -> None:
     rng = random.Random(SEED)
     storm = Storm(kube, api, namespace)
@@ -50,6 +54,7 @@ async def test_sigkill_during_a_storm_loses_and_duplicates_nothing(
     await storm.settle_dispatch()
     kills = 0
     for round_ in range(3):
+
         async def chaos() -> None:
             nonlocal kills
             for _ in range(2):
@@ -57,6 +62,7 @@ async def test_sigkill_during_a_storm_loses_and_duplicates_nothing(
                 operator.kill()
                 kills += 1
                 operator.start()
+
         await during(storm.request_round(f"r{round_}"), chaos)
         await storm.wait_handled()
     assert kills == 6 and operator.starts == 7
@@ -65,20 +71,28 @@ async def test_sigkill_during_a_storm_loses_and_duplicates_nothing(
 
 @pytest.mark.parametrize("part", ["apiserver", "etcd"])
 async def test_control_plane_restart_during_a_storm(
-    kube: Kube, namespace: str, api: Api, operator: Operator, simulator: Process, part: str,
+    kube: Kube,
+    namespace: str,
+    api: Api,
+    operator: Operator,
+    simulator: Process,
+    part: str,
 ) -> None:
     if kube.control_plane is None:
         pytest.skip("restarting the API server or etcd needs the suite's own control plane")
     control_plane = kube.control_plane
-    restart: Callable[[], None] = (control_plane.restart_apiserver if part == "apiserver"
-                                   else control_plane.restart_etcd)
+    restart: Callable[[], None] = (
+        control_plane.restart_apiserver if part == "apiserver" else control_plane.restart_etcd
+    )
     storm = Storm(kube, api, namespace)
     storm.create(80)
     await storm.settle_dispatch()
     for round_ in range(2):
+
         async def chaos() -> None:
             await asyncio.sleep(0.3)  # a moment into the round, not a wait
             await asyncio.to_thread(restart)
+
         # The storm's own writes retry through the outage, as the operator's do.
         await during(storm.request_round(f"{part}{round_}"), chaos)
         await storm.wait_handled()
@@ -87,8 +101,12 @@ async def test_control_plane_restart_during_a_storm(
 
 
 async def test_two_replicas_one_acts_and_the_other_takes_over(
-    kube: Kube, namespace: str, api: Api, make_operator: Callable[..., Operator],
-    simulator: Process, leases: None,
+    kube: Kube,
+    namespace: str,
+    api: Api,
+    make_operator: Callable[..., Operator],
+    simulator: Process,
+    leases: None,
 ) -> None:
     first = make_operator(leader_elect=True)
     second = make_operator(leader_elect=True)
@@ -106,8 +124,11 @@ async def test_two_replicas_one_acts_and_the_other_takes_over(
     await storm.request_round("before")
     await storm.wait_handled()
     leader.kill()
-    await async_wait_for(lambda: asyncio.to_thread(lambda: "leader" in standby.health()),
-                         timeout=30, description="the standby taking over")
+    await async_wait_for(
+        lambda: asyncio.to_thread(lambda: "leader" in standby.health()),
+        timeout=30,
+        description="the standby taking over",
+    )
     await storm.request_round("after")
     await storm.wait_handled(timeout=120)
     await settled_invariants(storm)

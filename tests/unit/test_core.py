@@ -1159,7 +1159,11 @@ def test_cancel_records_the_attempt_with_its_executor() -> None:
     new = core.handle_requests(job, NOW).status
     entry = new.history[-1]
     assert (entry.attempt, entry.executor, entry.state, entry.reason) == (
-        job.status.attempt, OLD_EXECUTOR, "cancelled", "Cancelled")
+        job.status.attempt,
+        OLD_EXECUTOR,
+        "cancelled",
+        "Cancelled",
+    )
 
 
 @pytest.mark.parametrize("ended", ["cancel", "lost"])

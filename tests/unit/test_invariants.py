@@ -18,8 +18,11 @@ UID = "11111111-1111-4111-8111-111111111111"
 def request_event(job: dict[str, Any], token: str, reason: str) -> dict[str, Any]:
     model = Job.model_validate(job)
     key = core.request_key(names.RESCHEDULE_ANNOTATION, core.token_digest(token))
-    return {"metadata": {"name": core.event_name(model, core.Event("Normal", reason, "", key))},
-            "involvedObject": {"uid": UID, "name": "a"}, "reason": reason}
+    return {
+        "metadata": {"name": core.event_name(model, core.Event("Normal", reason, "", key))},
+        "involvedObject": {"uid": UID, "name": "a"},
+        "reason": reason,
+    }
 
 
 def healthy() -> Snapshot:
@@ -27,17 +30,34 @@ def healthy() -> Snapshot:
         "metadata": {"name": "a", "uid": UID},
         "spec": {"type": "t"},
         "status": {
-            "state": "running", "executor": "job-executor-2", "attempt": 2,
-            "reschedule": {"request": "t2", "outcome": "rescheduled", "force": False,
-                           "handledAt": "2026-01-01T00:00:00Z", "previousState": "running"},
-            "history": [{"attempt": 1, "executor": "job-executor-1", "state": "running",
-                         "reason": "Rescheduled"}],
+            "state": "running",
+            "executor": "job-executor-2",
+            "attempt": 2,
+            "reschedule": {
+                "request": "t2",
+                "outcome": "rescheduled",
+                "force": False,
+                "handledAt": "2026-01-01T00:00:00Z",
+                "previousState": "running",
+            },
+            "history": [
+                {
+                    "attempt": 1,
+                    "executor": "job-executor-1",
+                    "state": "running",
+                    "reason": "Rescheduled",
+                }
+            ],
         },
     }
-    executor = {"metadata": {"name": "job-executor-2"},
-                "spec": {"jobRef": {"name": "a", "uid": UID}, "attempt": 2}}
-    events = [request_event(job, "t1", "RescheduleSkipped"),
-              request_event(job, "t2", "Rescheduled")]
+    executor = {
+        "metadata": {"name": "job-executor-2"},
+        "spec": {"jobRef": {"name": "a", "uid": UID}, "attempt": 2},
+    }
+    events = [
+        request_event(job, "t1", "RescheduleSkipped"),
+        request_event(job, "t2", "Rescheduled"),
+    ]
     return Snapshot(jobs=[job], executors=[executor], events=events)
 
 
@@ -80,15 +100,27 @@ def breach_reused_executor(s: Snapshot) -> None:
 
 
 def breach_dangling(s: Snapshot) -> None:
-    s.executors.append({"metadata": {"name": "job-executor-9"},
-                        "spec": {"jobRef": {"name": "gone", "uid": "other"}, "attempt": 1}})
+    s.executors.append(
+        {
+            "metadata": {"name": "job-executor-9"},
+            "spec": {"jobRef": {"name": "gone", "uid": "other"}, "attempt": 1},
+        }
+    )
 
 
-@pytest.mark.parametrize("breach", [
-    breach_last_token, breach_missing_event, breach_duplicate_event, breach_terminal_reset,
-    breach_two_live_executors, breach_missing_executor, breach_reused_executor,
-    breach_dangling,
-])
+@pytest.mark.parametrize(
+    "breach",
+    [
+        breach_last_token,
+        breach_missing_event,
+        breach_duplicate_event,
+        breach_terminal_reset,
+        breach_two_live_executors,
+        breach_missing_executor,
+        breach_reused_executor,
+        breach_dangling,
+    ],
+)
 def test_each_breach_is_reported(breach: Any) -> None:
     snapshot = healthy()
     breach(snapshot)

@@ -1018,8 +1018,16 @@ class ControlPlane:
         crd = wrapper_source_path().parents[1] / "leases-crd.yaml"
         base: list[str | Path] = [self.kubectl, f"--kubeconfig={self.kubeconfig}"]
         _run([*base, "apply", "-f", crd], what="installing the Lease stand-in CRD")
-        _run([*base, "wait", "--for=condition=Established", "--timeout=60s",
-              "crd/leases.coordination.k8s.io"], what="waiting for the Lease stand-in CRD")
+        _run(
+            [
+                *base,
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/leases.coordination.k8s.io",
+            ],
+            what="waiting for the Lease stand-in CRD",
+        )
 
     def stop(self) -> None:
         """Stop the server and etcd (SIGTERM, then SIGKILL), leaving no process; idempotent."""
