@@ -11,7 +11,7 @@ import yaml
 
 from job_operator import names
 from job_operator.kube import Kube as Api
-from job_operator.kube import NotFound
+from job_operator.kube import NotFound, retry_transient
 from tests.helpers import Kube, async_wait_for
 from tests.integration.conftest import HANG
 from tests.invariants import Snapshot
@@ -49,11 +49,19 @@ class Storm:
             )
         self.kube.kubectl_run("apply", "-f", "-", input=yaml.safe_dump_all(docs), timeout=300)
 
-    async def statuses(self) -> dict[str, dict[str, Any]]:
-        jobs = await self.api.custom.list_namespaced_custom_object(
-            names.GROUP, names.VERSION, self.namespace, names.JOB_PLURAL
+    async def list_custom(self, plural: str) -> list[dict[str, Any]]:
+        """List one kind in the namespace, through a restarting API server's 429s and 503s."""
+        listed = await retry_transient(
+            lambda: self.api.custom.list_namespaced_custom_object(
+                names.GROUP, names.VERSION, self.namespace, plural
+            )
         )
-        return {j["metadata"]["name"]: j.get("status") or {} for j in jobs["items"]}
+        items: list[dict[str, Any]] = listed["items"]
+        return items
+
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        jobs = await self.list_custom(names.JOB_PLURAL)
+        return {j["metadata"]["name"]: j.get("status") or {} for j in jobs}
 
     async def wait_all(
         self, predicate: Callable[[dict[str, Any]], bool], description: str, timeout: float = 180.0
@@ -110,16 +118,12 @@ class Storm:
         )
 
     async def snapshot(self) -> Snapshot:
-        jobs = await self.api.custom.list_namespaced_custom_object(
-            names.GROUP, names.VERSION, self.namespace, names.JOB_PLURAL
-        )
-        executors = await self.api.custom.list_namespaced_custom_object(
-            names.GROUP, names.VERSION, self.namespace, names.EXECUTOR_PLURAL
-        )
-        events = await self.api.core.list_namespaced_event(self.namespace)
+        jobs = await self.list_custom(names.JOB_PLURAL)
+        executors = await self.list_custom(names.EXECUTOR_PLURAL)
+        events = await retry_transient(lambda: self.api.core.list_namespaced_event(self.namespace))
         return Snapshot(
-            jobs=jobs["items"],
-            executors=executors["items"],
+            jobs=jobs,
+            executors=executors,
             events=[self.api.api.sanitize_for_serialization(e) for e in events.items],
         )
 
