@@ -72,6 +72,9 @@ class Plan:
     idle_namespace: str = "bench-idle"
     provision_seconds: float = 0.0
     operator_args: list[str] = field(default_factory=list)
+    # Run the operator and simulator from this source folder (a `src/` of another
+    # checkout or snapshot) instead of the installed package: benchmark a pinned version.
+    source_tree: str | None = None
     ceiling_recheck: bool = True
     # Once a steady rate saturates the operator, the higher ones send at most this many
     # requests (their latency then only says how long the queue grew in that time).
@@ -170,6 +173,9 @@ class Bench:
         self.http: aiohttp.ClientSession | None = None  # the operator's endpoints
         self.metrics_port = free_port()
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        if plan.source_tree:
+            paths = [plan.source_tree, env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         namespaces = [plan.namespace, plan.idle_namespace]
         self.operator = ManagedProcess(
             "operator",

@@ -148,11 +148,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="S",
         help="first wait up to S seconds for the machine to be idle (load average < 1)",
     )
+    p.add_argument(
+        "--source-tree",
+        metavar="DIR",
+        help="run the operator and simulator from this src/ folder (e.g. a snapshot made "
+        "with `git archive HEAD src | tar -x -C DIR`), not the installed package",
+    )
     p.add_argument("--kubeconfig", help="use this cluster instead of starting a control plane")
     p.add_argument("--kubectl", default="kubectl", help="kubectl for --kubeconfig")
     p.add_argument("--output", type=Path, default=RESULTS, help="folder for the results")
     p.add_argument("--no-write", action="store_true", help="print only; write no results file")
     p.add_argument("--tag", default="", help="suffix of the results file name")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only render the markdown of an earlier run's results JSON again (beside it)",
+    )
     return p.parse_args(argv)
 
 
@@ -172,6 +184,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
         plan.connections = args.connections
     plan.operator_args = list(args.operator_arg)
     plan.profile = args.profile
+    if args.source_tree:
+        plan.source_tree = str(Path(args.source_tree).resolve())
     return plan
 
 
@@ -231,8 +245,10 @@ async def _server_version(cluster: Cluster) -> str:
     return f"{info.get('major')}.{info.get('minor')}"
 
 
-def source_version() -> str:
+def source_version(tree: str | None = None) -> str:
     """The commit the operator under test was run from, and whether src/ had changes."""
+    if tree:
+        return f"the source folder {tree}"
     repo = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
@@ -246,8 +262,22 @@ def source_version() -> str:
     return f"{commit or '?'}{' + uncommitted changes in src/' if dirty else ''}"
 
 
+def render_again(path: Path) -> int:
+    """Re-render a results JSON's markdown (after a change to bench/report.py)."""
+    results = json.loads(path.read_text())
+    results["targets"] = report.targets(results)
+    text = report.render(results)
+    path.with_suffix(".md").write_text(text)
+    if path.parent == RESULTS and not path.stem.endswith("-quick"):
+        (RESULTS / "latest.md").write_text(text)
+    print(text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render_again(args.render)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -256,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="job-operator-bench-"))
     log.info("logs of the operator and simulator in %s", workdir)
     now = datetime.now(UTC)
-    source = source_version()
+    source = source_version(plan.source_tree)
     results, extra = asyncio.run(run_with_cluster(args, plan, workdir))
     results["meta"] = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),

@@ -286,11 +286,31 @@ def batch_result(batch: Batch, first_sent: float, label: str) -> dict[str, Any]:
     }
 
 
+async def quiesce(bench: Bench, limit: float = 180.0, window: float = 1.0) -> float:
+    """Wait until the operator is idle (< 10% of a core over `window`); seconds waited.
+
+    "All jobs running" is not enough between batches: the operator may still be working
+    through the events of the last one (deleted clusters, its own writes), and a batch
+    measured meanwhile would pay for it.
+    """
+    from bench.procs import cpu_seconds
+
+    started = time.monotonic()
+    while time.monotonic() - started < limit and bench.operator.running():
+        before = cpu_seconds(bench.operator.pid)
+        await asyncio.sleep(window)
+        after = cpu_seconds(bench.operator.pid)
+        if before is None or after is None or (after - before) / window < 0.10:
+            break
+    return time.monotonic() - started
+
+
 async def storm(bench: Bench, size: int) -> dict[str, Any]:
     """Reschedule `size` running jobs at once (32 writers); throughput and latencies."""
     namespace = bench.plan.namespace
     keys = [(namespace, job_name(i)) for i in range(size)]
     await bench.jobs.wait_jobs(keys, running, timeout=60)
+    quiet = await quiesce(bench)
     keys = [k for k in keys if bench.jobs.idle(k)]
     batch = Batch(f"storm-{size}", expected=len(keys))
     measured = Measured(bench, namespace)
@@ -308,6 +328,7 @@ async def storm(bench: Bench, size: int) -> dict[str, Any]:
     bench.jobs.abandon(batch)
     await asyncio.sleep(bench.plan.settle_seconds)
     result = batch_result(batch, first_sent, f"storm {size}")
+    result["quiesce_seconds"] = quiet
     if profile is not None:
         result["profile"] = profile
     result["annotate_seconds"] = annotate_seconds
@@ -425,6 +446,7 @@ async def steady(
         if len(chosen) == count:
             break
     label = label or f"steady {rate:g}/s"
+    quiet = await quiesce(bench)
     batch = Batch(label, expected=len(chosen))
     measured = Measured(bench, namespace)
     await measured.begin()
@@ -455,6 +477,7 @@ async def steady(
     result["seconds"] = seconds
     result["offered_rate"] = len(chosen) / seconds
     result["sender_lag"] = summary(lags)
+    result["quiesce_seconds"] = quiet
     result.update(await measured.end(len(chosen)))
     return result
 
