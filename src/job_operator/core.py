@@ -637,6 +637,23 @@ def is_dangling(
     return now - parse_time(created) > grace and dispatch_due(job, now) is None
 
 
+def executor_event_is_quiet(
+    executor: ExecutorCluster, job: Job | None, grace: timedelta, now: datetime
+) -> bool:
+    """An executor seen not yet running (or provisioning) by a job that keeps it: nothing
+    to do for its job (`follow_executor` acts on Running, an end, or a loss) or for it.
+
+    Half of the executor events of a reschedule are such; the operator skips them
+    without taking the job's lock. `job` may be stale: a quiet executor the job does not
+    name yet is a dispatch in flight, one it has left is dangling and not quiet.
+    """
+    if job is None or executor.metadata.deletion_timestamp:
+        return False
+    if executor.status.phase not in (None, "Provisioning"):
+        return False
+    return not is_dangling(executor, job, grace, now)
+
+
 def recorded_events(job: Job, since: datetime) -> list[Event]:
     """The events of the requests recorded in the job's status since `since`.
 

@@ -15,6 +15,7 @@ from job_operator.models import (
     TOKEN_MAX_LENGTH,
     CancelRecord,
     Condition,
+    ExecutorCluster,
     HistoryEntry,
     Job,
     JobState,
@@ -1032,6 +1033,67 @@ def test_a_newer_attempt_is_a_dispatch_in_flight(
     created = None if age is None else core.rfc3339(NOW - age)
     executor = make_executor(NEW_EXECUTOR, job=job, attempt=3, creation_timestamp=created)
     assert core.is_dangling(executor, job, GRACE, NOW) is dangling
+
+
+# --- executor events skipped without the job's lock ------------------------------------------
+
+
+@pytest.mark.parametrize("phase", [None, "Provisioning"])
+def test_a_not_yet_running_current_executor_is_quiet(phase: str | None) -> None:
+    job = job_in("pending", executor=NEW_EXECUTOR, attempt=2)
+    executor = make_executor(NEW_EXECUTOR, job=job, attempt=2, phase=phase)
+    assert core.executor_event_is_quiet(executor, job, GRACE, NOW)
+
+
+def test_a_dispatch_in_flight_is_quiet() -> None:
+    """The cluster is made before the status names it: the job still names the old one."""
+    job = job_in("running", executor=OLD_EXECUTOR, attempt=1)
+    executor = make_executor(NEW_EXECUTOR, job=job, attempt=2, creation_timestamp=STAMP)
+    assert core.executor_event_is_quiet(executor, job, GRACE, NOW)
+
+
+@pytest.mark.parametrize(
+    ("executor", "job"),
+    [
+        (make_executor(NEW_EXECUTOR, attempt=2), None),
+        (
+            make_executor(NEW_EXECUTOR, attempt=2, deletion_timestamp=STAMP),
+            job_in("pending", executor=NEW_EXECUTOR, attempt=2),
+        ),
+        (
+            make_executor(OLD_EXECUTOR, attempt=1, creation_timestamp=STAMP),
+            job_in("pending", executor=NEW_EXECUTOR, attempt=2),
+        ),
+        *(
+            (
+                make_executor(NEW_EXECUTOR, attempt=2, phase=phase),
+                job_in("pending", executor=NEW_EXECUTOR, attempt=2),
+            )
+            for phase in ("Running", "Succeeded", "Failed", "Terminated")
+        ),
+    ],
+    ids=["job-unknown", "deleting", "left-behind", "running", "succeeded", "failed", "terminated"],
+)
+def test_events_that_may_matter_are_not_quiet(executor: ExecutorCluster, job: Job | None) -> None:
+    assert not core.executor_event_is_quiet(executor, job, GRACE, NOW)
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("phase", [None, *PHASES])
+@pytest.mark.parametrize("named", [OLD_EXECUTOR, NEW_EXECUTOR, None])
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_a_quiet_event_would_change_nothing(
+    state: JobState, phase: str | None, named: str | None, attempt: int
+) -> None:
+    """Skipping is safe: whenever an event is quiet, handling it would neither move the
+    job nor delete the executor."""
+    job = job_in(state, executor=named, attempt=2)
+    executor = make_executor(
+        NEW_EXECUTOR, job=job, attempt=attempt, phase=phase, creation_timestamp=STAMP
+    )
+    if core.executor_event_is_quiet(executor, job, GRACE, NOW):
+        assert not core.follow_executor(job, executor, NEW_EXECUTOR, POLICY, NOW).changes(job)
+        assert not core.is_dangling(executor, job, GRACE, NOW)
 
 
 # --- the executor manifest -----------------------------------------------------------------
