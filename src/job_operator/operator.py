@@ -31,6 +31,7 @@ RETRY_DELAY = 2.0
 # kopf keeps an object's worker (and its slot of `--workers`) until it has been idle this
 # long; its default of 5 s lets only ~20 new objects a second through 100 slots.
 WORKER_IDLE_SECONDS = 0.2
+SWEEP_CONCURRENCY = 16  # reconciles the sweep runs at once
 
 JobKey = tuple[str, str]
 
@@ -52,13 +53,42 @@ class OperatorConfig:
     kubeconfig: str | None = None
 
 
+class JobCache:
+    """Each job as last seen, kept as compact JSON without its managedFields.
+
+    A parsed Job takes about 11 KiB of memory, its JSON 2.5 KiB, and reading it back
+    takes ~20 µs: at 10,000 jobs the cache is ~25 MB instead of ~110 MB.
+    """
+
+    def __init__(self) -> None:
+        self._encoded: dict[JobKey, bytes] = {}
+
+    def remember(self, job: Job) -> None:
+        meta = job.metadata
+        if meta.managed_fields:
+            job = job.model_copy(
+                update={"metadata": meta.model_copy(update={"managed_fields": []})}
+            )
+        self._encoded[key_of(job)] = job.model_dump_json(by_alias=True).encode()
+
+    def get(self, key: JobKey) -> Job | None:
+        encoded = self._encoded.get(key)
+        return None if encoded is None else Job.model_validate_json(encoded)
+
+    def forget(self, key: JobKey) -> None:
+        self._encoded.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+
 @dataclass
 class Runtime:
     """Per-process state shared by the handlers (kept in kopf's memo)."""
 
     kube: Kube
     config: OperatorConfig
-    jobs: dict[JobKey, Job] = field(default_factory=dict)
+    jobs: JobCache = field(default_factory=JobCache)
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
     timers: dict[JobKey, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -72,20 +102,11 @@ class Runtime:
     # Events whose post failed (an API server restarting): posted again by the sweep.
     unposted: list[tuple[Job, core.Event]] = field(default_factory=list)
 
-    def remember(self, job: Job) -> None:
-        """Cache the job as last seen, without its managedFields (most of its memory)."""
-        meta = job.metadata
-        if meta.managed_fields:
-            job = job.model_copy(
-                update={"metadata": meta.model_copy(update={"managed_fields": []})}
-            )
-        self.jobs[key_of(job)] = job
-
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
     def forget(self, key: JobKey, uid: str) -> None:
-        self.jobs.pop(key, None)
+        self.jobs.forget(key)
         self.looked_up.discard(uid)
         self.made.pop(uid, None)
         self.superseded.pop(key, None)
@@ -112,9 +133,9 @@ async def fresh(rt: Runtime, key: JobKey) -> Job | None:
     try:
         job = await rt.kube.get_job(*key)
     except NotFound:
-        rt.jobs.pop(key, None)
+        rt.jobs.forget(key)
         return None
-    rt.remember(job)
+    rt.jobs.remember(job)
     return job
 
 
@@ -160,7 +181,7 @@ async def settle(
         except NotFound:
             current = None
             break
-        rt.remember(written)
+        rt.jobs.remember(written)
         rt.superseded[key] = current.metadata.resource_version
         record(current, written)
         for event in decision.events:
@@ -180,7 +201,7 @@ async def settle(
             del rt.made[job.metadata.uid]
         await rt.kube.delete_executor(key[0], made)  # made, and no longer wanted
     if current is None:
-        rt.jobs.pop(key, None)
+        rt.jobs.forget(key)
     return current
 
 
@@ -339,17 +360,18 @@ async def sweep(rt: Runtime) -> None:
     namespaces: list[str | None] = list(rt.config.namespaces) or [None]
     for namespace in namespaces:
         holding: dict[tuple[str, str], Job] = {}  # (namespace, executor) -> its job
-        waiting: list[JobKey] = []
         async for page in rt.kube.job_pages(namespace):
             now = utcnow()
+            waiting: list[JobKey] = []
             for job in page:
                 current = job.status.executor
                 if current and not job.status.terminal:
                     holding[(job.metadata.namespace or "", current)] = job
-                elif core.dispatch_due(job, now) is not None or core.reconcile(job, now).changes(
-                    job
-                ):
+                if core.dispatch_due(job, now) is not None or core.reconcile(job, now).changes(job):
                     waiting.append(key_of(job))
+            # Requests waiting (e.g. made while the operator was down) are handled page by
+            # page, before the whole list is read: at start-up, within seconds.
+            await reconcile_all(rt, waiting)
             await asyncio.sleep(0)  # let the handlers run between pages
         async for executors in rt.kube.executor_pages(namespace):
             for executor in executors:
@@ -357,6 +379,8 @@ async def sweep(rt: Runtime) -> None:
                     continue
                 holding.pop((executor.metadata.namespace or "", executor.metadata.name), None)
                 owner = (executor.metadata.namespace or "", executor.spec.job_ref.name)
+                if rt.lock(owner).locked():
+                    continue  # being reconciled now: that decides, not a list's old view
                 await delete_if_dangling(rt, executor, rt.jobs.get(owner))
         for (job_namespace, lost), job in holding.items():
             gone = ExecutorCluster.model_validate(
@@ -369,8 +393,17 @@ async def sweep(rt: Runtime) -> None:
                 }
             )
             await reconcile_executor(rt, gone, deleted=True, source="sweep")
-        for key in waiting:
-            await reconcile_by_key(rt, key)  # a fresh read: lists age fast
+
+
+async def reconcile_all(rt: Runtime, keys: list[JobKey]) -> None:
+    """Reconcile these jobs from a fresh read each (lists age fast), a few at a time."""
+    gate = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+    async def one(key: JobKey) -> None:
+        async with gate:
+            await guarded(rt, key, "sweep", reconcile_by_key(rt, key))
+
+    await asyncio.gather(*(one(key) for key in keys))
 
 
 async def repair_events(rt: Runtime) -> None:
@@ -526,7 +559,7 @@ def make_registry() -> kopf.OperatorRegistry:
             ):
                 await rt.kube.delete_executor(key[0], executor.metadata.name)
             return
-        rt.remember(job)
+        rt.jobs.remember(job)
         await guarded(rt, key, "job", reconcile_job(rt, job))
 
     @kopf.on.event(names.GROUP, names.VERSION, names.EXECUTOR_PLURAL, registry=registry)

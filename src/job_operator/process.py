@@ -13,7 +13,7 @@ import threading
 import prometheus_client
 from aiohttp import web
 
-from job_operator.cli_support import lease_namespace
+from job_operator.cli_support import lease_namespace, run_loop
 from job_operator.kube import Kube
 from job_operator.leader import LeaderElector, LeaseConfig
 from job_operator.operator import OperatorConfig, run_operator
@@ -128,7 +128,7 @@ async def run_kopf_in_thread(
     relaying = asyncio.create_task(relay())
     try:
         await asyncio.to_thread(
-            asyncio.run, run_operator(config, operator_stop, health.operator_ready)
+            run_loop, run_operator(config, operator_stop, health.operator_ready)
         )
     finally:
         relaying.cancel()
@@ -137,4 +137,4 @@ async def run_kopf_in_thread(
 
 
 def run_process(config: OperatorConfig, args: argparse.Namespace) -> int:
-    return asyncio.run(serve(config, args))
+    return run_loop(serve(config, args))

@@ -39,6 +39,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
 from job_operator import names
+from job_operator.cli_support import run_loop
 from job_operator.kube import Kube, NotFound, retry_transient
 from job_operator.models import ExecutorPhase
 
@@ -598,7 +599,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"job-operator simulate: {error}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(config, getattr(args, "kubeconfig", None)))
+        run_loop(_serve(config, getattr(args, "kubeconfig", None)))
     except (ConfigException, OSError) as error:
         print(f"job-operator simulate: {error}", file=sys.stderr)
         return 1
