@@ -359,14 +359,20 @@ async def sweep(rt: Runtime) -> None:
             rt.unposted.append((job, event))
     namespaces: list[str | None] = list(rt.config.namespaces) or [None]
     for namespace in namespaces:
-        holding: dict[tuple[str, str], Job] = {}  # (namespace, executor) -> its job
+        # (namespace, executor) -> (job name, job uid, attempt): a few strings per job, not
+        # the job (a parsed Job is ~11 KiB; 10,000 of them were most of a sweep's memory).
+        holding: dict[tuple[str, str], tuple[str, str, int]] = {}
         async for page in rt.kube.job_pages(namespace):
             now = utcnow()
             waiting: list[JobKey] = []
             for job in page:
                 current = job.status.executor
                 if current and not job.status.terminal:
-                    holding[(job.metadata.namespace or "", current)] = job
+                    holding[(job.metadata.namespace or "", current)] = (
+                        job.metadata.name,
+                        job.metadata.uid,
+                        job.status.attempt,
+                    )
                 if core.dispatch_due(job, now) is not None or core.reconcile(job, now).changes(job):
                     waiting.append(key_of(job))
             # Requests waiting (e.g. made while the operator was down) are handled page by
@@ -382,13 +388,13 @@ async def sweep(rt: Runtime) -> None:
                 if rt.lock(owner).locked():
                     continue  # being reconciled now: that decides, not a list's old view
                 await delete_if_dangling(rt, executor, rt.jobs.get(owner))
-        for (job_namespace, lost), job in holding.items():
+        for (job_namespace, lost), (job_name, job_uid, attempt) in holding.items():
             gone = ExecutorCluster.model_validate(
                 {
                     "metadata": {"name": lost, "namespace": job_namespace},
                     "spec": {
-                        "jobRef": {"name": job.metadata.name, "uid": job.metadata.uid},
-                        "attempt": max(job.status.attempt, 1),
+                        "jobRef": {"name": job_name, "uid": job_uid},
+                        "attempt": max(attempt, 1),
                     },
                 }
             )
