@@ -198,6 +198,13 @@ def run(args: argparse.Namespace) -> int:
 # --- argument parsing ---------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     from job_operator import simulator
 
@@ -279,9 +286,9 @@ def parser() -> argparse.ArgumentParser:
     )
     operator.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=100,
-        help="jobs reconciled at once, at most (default 100; 0: no limit)",
+        help="jobs reconciled at once, at most (default 100)",
     )
     operator.add_argument(
         "--leader-elect",

@@ -119,6 +119,9 @@ def parse_time(value: str) -> datetime:
 # --- reading requests from annotations ------------------------------------------------
 
 
+REQUEST_ANNOTATIONS = (names.RESCHEDULE_ANNOTATION, names.CANCEL_ANNOTATION)
+
+
 def requested_by(job: Job, annotation: str) -> str | None:
     """The field manager that last wrote `annotation`, from managedFields (a hint only)."""
     best: tuple[str, str] | None = None
@@ -130,6 +133,25 @@ def requested_by(job: Job, annotation: str) -> str | None:
             if best is None or when >= best[0]:
                 best = (when, str(entry.get("manager") or ""))
     return best[1] or None if best else None
+
+
+def request_ownership(managed_fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The part of managedFields `requested_by` reads: who wrote a request annotation, and
+    when. Everything else of them (most of a job's bytes) the operator need not keep."""
+    kept: list[dict[str, Any]] = []
+    for entry in managed_fields:
+        fields: Any = entry.get("fieldsV1") or {}
+        owned = fields.get("f:metadata", {}).get("f:annotations", {})
+        requests: dict[str, Any] = {f"f:{a}": {} for a in REQUEST_ANNOTATIONS if f"f:{a}" in owned}
+        if requests:
+            kept.append(
+                {
+                    "manager": entry.get("manager"),
+                    "time": entry.get("time"),
+                    "fieldsV1": {"f:metadata": {"f:annotations": requests}},
+                }
+            )
+    return kept
 
 
 def pending_request(job: Job, annotation: str) -> Request | None:

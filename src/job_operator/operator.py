@@ -28,10 +28,9 @@ from job_operator.models import ExecutorCluster, Job
 log = logging.getLogger("job_operator")
 CAS_ATTEMPTS = 16
 RETRY_DELAY = 2.0
-# kopf keeps an object's worker (and its slot of `--workers`) until it has been idle this
-# long; its default of 5 s lets only ~20 new objects a second through 100 slots.
+# kopf keeps a task and a queue for each object until its events have stopped for this
+# long (default 5 s): in a storm over 10,000 jobs, 10,000 of them.
 WORKER_IDLE_SECONDS = 0.2
-SWEEP_CONCURRENCY = 16  # reconciles the sweep runs at once
 
 JobKey = tuple[str, str]
 
@@ -54,7 +53,8 @@ class OperatorConfig:
 
 
 class JobCache:
-    """Each job as last seen, kept as compact JSON without its managedFields.
+    """Each job as last seen, kept as compact JSON, and of its managedFields only who
+    wrote the request annotations (`core.request_ownership`).
 
     A parsed Job takes about 11 KiB of memory, its JSON 2.5 KiB, and reading it back
     takes ~20 µs: at 10,000 jobs the cache is ~25 MB instead of ~110 MB.
@@ -66,8 +66,9 @@ class JobCache:
     def remember(self, job: Job) -> None:
         meta = job.metadata
         if meta.managed_fields:
+            owners = core.request_ownership(meta.managed_fields)
             job = job.model_copy(
-                update={"metadata": meta.model_copy(update={"managed_fields": []})}
+                update={"metadata": meta.model_copy(update={"managed_fields": owners})}
             )
         self._encoded[key_of(job)] = job.model_dump_json(by_alias=True).encode()
 
@@ -82,6 +83,55 @@ class JobCache:
         return len(self._encoded)
 
 
+class WorkQueue:
+    """Jobs waiting to be reconciled, as controller-runtime's workqueue: a job is queued
+    at most once however many events name it, and never handed to two workers at once
+    (one added while being worked on is queued again when that work ends).
+
+    The kopf handlers only queue keys and return, so what waits in a storm is a key per
+    job, not each event's body; and `--workers` reconcile at once.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[JobKey] = asyncio.Queue()
+        self._dirty: set[JobKey] = set()  # to be worked on (queued, or after the current work)
+        self._processing: set[JobKey] = set()
+
+    def add(self, key: JobKey) -> None:
+        if key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._queue.put_nowait(key)
+
+    async def get(self) -> JobKey:
+        key = await self._queue.get()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: JobKey) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._queue.put_nowait(key)
+
+    def busy(self, key: JobKey) -> bool:
+        """Queued or being worked on."""
+        return key in self._dirty or key in self._processing
+
+    def __len__(self) -> int:
+        return len(self._dirty)
+
+
+@dataclass(frozen=True)
+class ExecutorChange:
+    """An ExecutorCluster seen changed or deleted, for its job's next reconcile."""
+
+    executor: ExecutorCluster
+    deleted: bool
+    source: str  # watch or sweep, for the orphan metric
+
+
 @dataclass
 class Runtime:
     """Per-process state shared by the handlers (kept in kopf's memo)."""
@@ -89,7 +139,11 @@ class Runtime:
     kube: Kube
     config: OperatorConfig
     jobs: JobCache = field(default_factory=JobCache)
-    locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
+    queue: WorkQueue = field(default_factory=WorkQueue)
+    # Executor changes not yet followed, in the order seen, per job.
+    executor_changes: dict[JobKey, list[ExecutorChange]] = field(default_factory=dict)
+    # Jobs whose next reconcile reads the job from the API server, not the cache.
+    reread: set[JobKey] = field(default_factory=set)
     timers: dict[JobKey, asyncio.TimerHandle] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # The latest cluster made (or adopted) for each job uid: (attempt, name); and the
@@ -102,15 +156,21 @@ class Runtime:
     # Events whose post failed (an API server restarting): posted again by the sweep.
     unposted: list[tuple[Job, core.Event]] = field(default_factory=list)
 
-    def lock(self, key: JobKey) -> asyncio.Lock:
-        return self.locks.setdefault(key, asyncio.Lock())
+    def enqueue(self, key: JobKey, *, reread: bool = False) -> None:
+        if reread:
+            self.reread.add(key)
+        self.queue.add(key)
+
+    def observe(self, executor: ExecutorCluster, deleted: bool, source: str) -> None:
+        key = (executor.metadata.namespace or "", executor.spec.job_ref.name)
+        self.executor_changes.setdefault(key, []).append(ExecutorChange(executor, deleted, source))
+        self.queue.add(key)
 
     def forget(self, key: JobKey, uid: str) -> None:
         self.jobs.forget(key)
         self.looked_up.discard(uid)
         self.made.pop(uid, None)
         self.superseded.pop(key, None)
-        self.locks.pop(key, None)
         timer = self.timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -272,64 +332,93 @@ async def executor_for_next_attempt(rt: Runtime, job: Job) -> str:
 
 
 def schedule(rt: Runtime, key: JobKey, delay: float) -> None:
-    """Reconcile the job again after `delay` seconds (dispatch backoff)."""
+    """Reconcile the job again, from a fresh read, after `delay` seconds (backoff, retry)."""
     old = rt.timers.pop(key, None)
     if old is not None:
         old.cancel()
-    loop = asyncio.get_running_loop()
-    rt.timers[key] = loop.call_later(delay, lambda: rt.spawn(reconcile_by_key(rt, key)))
+
+    def due() -> None:
+        rt.timers.pop(key, None)
+        rt.enqueue(key, reread=True)
+
+    rt.timers[key] = asyncio.get_running_loop().call_later(delay, due)
 
 
-async def reconcile_by_key(rt: Runtime, key: JobKey) -> None:
-    rt.timers.pop(key, None)
-    job = await fresh(rt, key)
+# --- the reconciler -------------------------------------------------------------
+
+
+async def work(rt: Runtime) -> None:
+    """One of `--workers`: reconcile queued jobs, one at a time, forever.
+
+    On an unexpected error the job is tried again soon: kopf does not retry event
+    handlers, and the operator must never stop on one job's data or a passing API failure.
+    """
+    while True:
+        key = await rt.queue.get()
+        try:
+            await reconcile(rt, key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            metrics.ERRORS.labels("reconcile").inc()
+            log.error(
+                "reconciling %s/%s failed (%s); retrying in %.0fs",
+                key[0],
+                key[1],
+                error,
+                RETRY_DELAY,
+                exc_info=not isinstance(error, kopf.TemporaryError),
+            )
+            schedule(rt, key, RETRY_DELAY)
+        finally:
+            rt.queue.done(key)
+
+
+async def reconcile(rt: Runtime, key: JobKey) -> None:
+    """Bring one job up to date: follow its executors' changes in the order seen, then
+    handle its requests and dispatch it. The job comes from the cache (each write is a
+    compare-and-swap, so a stale copy costs a 409 and a re-read, never a wrong write)."""
+    job = None if key in rt.reread else rt.jobs.get(key)
+    rt.reread.discard(key)
+    if job is None:
+        job = await fresh(rt, key)
+    changes = rt.executor_changes.get(key, [])
+    while changes:  # removed once followed: on an error they are followed at the retry
+        job = await follow_change(rt, job, changes[0])
+        changes.pop(0)
+    if rt.executor_changes.get(key) == []:
+        del rt.executor_changes[key]
     if job is not None:
-        await reconcile_job(rt, job)
-
-
-# --- the reconcilers -------------------------------------------------------------
-
-
-async def reconcile_job(rt: Runtime, job: Job) -> None:
-    """A job changed (or is seen for the first time): requests, then dispatch."""
-    async with rt.lock(key_of(job)):
         await settle(rt, job, core.reconcile)
 
 
-async def reconcile_executor(
-    rt: Runtime,
-    executor: ExecutorCluster,
-    deleted: bool,
-    source: str,
-) -> None:
+async def follow_change(rt: Runtime, job: Job | None, change: ExecutorChange) -> Job | None:
     """An ExecutorCluster changed or vanished: the job follows, or the cluster goes."""
-    namespace = executor.metadata.namespace or ""
+    executor = change.executor
     name = executor.metadata.name
-    key = (namespace, executor.spec.job_ref.name)
-    async with rt.lock(key):
-        job = rt.jobs.get(key) or await fresh(rt, key)
-        observed = None if deleted else executor
+    observed = None if change.deleted else executor
 
-        def follow(current: Job, now: datetime) -> core.Decision:
-            return core.follow_executor(current, observed, name, rt.config.policy, now)
+    def follow(current: Job, now: datetime) -> core.Decision:
+        return core.follow_executor(current, observed, name, rt.config.policy, now)
 
-        if job is not None and job.metadata.uid == executor.spec.job_ref.uid:
-            before = job.status
-            job = await settle(rt, job, follow)
-            lost = deleted or executor.status.phase == "Terminated"
-            if (
-                lost
-                and job is not None
-                and before.executor == name
-                and not before.terminal
-                and job.status.executor != name
-            ):
-                metrics.ORPHANS_FOUND.labels(source).inc()
-        if deleted:
-            if rt.made.get(executor.spec.job_ref.uid, (0, ""))[1] == name:
-                del rt.made[executor.spec.job_ref.uid]
-        else:
-            await delete_if_dangling(rt, executor, job)
+    if job is not None and job.metadata.uid == executor.spec.job_ref.uid:
+        before = job.status
+        job = await settle(rt, job, follow)
+        lost = change.deleted or executor.status.phase == "Terminated"
+        if (
+            lost
+            and job is not None
+            and before.executor == name
+            and not before.terminal
+            and job.status.executor != name
+        ):
+            metrics.ORPHANS_FOUND.labels(change.source).inc()
+    if change.deleted:
+        if rt.made.get(executor.spec.job_ref.uid, (0, ""))[1] == name:
+            del rt.made[executor.spec.job_ref.uid]
+    else:
+        await delete_if_dangling(rt, executor, job)
+    return job
 
 
 async def delete_if_dangling(rt: Runtime, executor: ExecutorCluster, job: Job | None) -> None:
@@ -364,7 +453,6 @@ async def sweep(rt: Runtime) -> None:
         holding: dict[tuple[str, str], tuple[str, str, int]] = {}
         async for page in rt.kube.job_pages(namespace):
             now = utcnow()
-            waiting: list[JobKey] = []
             for job in page:
                 current = job.status.executor
                 if current and not job.status.terminal:
@@ -374,10 +462,9 @@ async def sweep(rt: Runtime) -> None:
                         job.status.attempt,
                     )
                 if core.dispatch_due(job, now) is not None or core.reconcile(job, now).changes(job):
-                    waiting.append(key_of(job))
-            # Requests waiting (e.g. made while the operator was down) are handled page by
-            # page, before the whole list is read: at start-up, within seconds.
-            await reconcile_all(rt, waiting)
+                    # Requests waiting (e.g. made while the operator was down) are queued
+                    # page by page, before the whole list is read: at start-up, in seconds.
+                    rt.enqueue(key_of(job), reread=True)  # lists age fast
             await asyncio.sleep(0)  # let the handlers run between pages
         async for executors in rt.kube.executor_pages(namespace):
             for executor in executors:
@@ -385,7 +472,7 @@ async def sweep(rt: Runtime) -> None:
                     continue
                 holding.pop((executor.metadata.namespace or "", executor.metadata.name), None)
                 owner = (executor.metadata.namespace or "", executor.spec.job_ref.name)
-                if rt.lock(owner).locked():
+                if rt.queue.busy(owner):
                     continue  # being reconciled now: that decides, not a list's old view
                 await delete_if_dangling(rt, executor, rt.jobs.get(owner))
         for (job_namespace, lost), (job_name, job_uid, attempt) in holding.items():
@@ -398,18 +485,7 @@ async def sweep(rt: Runtime) -> None:
                     },
                 }
             )
-            await reconcile_executor(rt, gone, deleted=True, source="sweep")
-
-
-async def reconcile_all(rt: Runtime, keys: list[JobKey]) -> None:
-    """Reconcile these jobs from a fresh read each (lists age fast), a few at a time."""
-    gate = asyncio.Semaphore(SWEEP_CONCURRENCY)
-
-    async def one(key: JobKey) -> None:
-        async with gate:
-            await guarded(rt, key, "sweep", reconcile_by_key(rt, key))
-
-    await asyncio.gather(*(one(key) for key in keys))
+            rt.observe(gone, deleted=True, source="sweep")
 
 
 async def repair_events(rt: Runtime) -> None:
@@ -450,29 +526,6 @@ async def sweep_forever(rt: Runtime) -> None:
         await asyncio.sleep(rt.config.sweep_interval)
 
 
-async def guarded(rt: Runtime, key: JobKey, stage: str, work: Any) -> None:
-    """Run a reconcile; on an unexpected error, log it and try the job again soon.
-
-    kopf does not retry event handlers, and the operator must never crash on
-    one job's data or a passing API failure.
-    """
-    try:
-        await work
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        metrics.ERRORS.labels(stage).inc()
-        log.error(
-            "reconciling %s/%s failed (%s); retrying in %.0fs",
-            key[0],
-            key[1],
-            error,
-            RETRY_DELAY,
-            exc_info=not isinstance(error, kopf.TemporaryError),
-        )
-        schedule(rt, key, RETRY_DELAY)
-
-
 # --- kopf wiring -------------------------------------------------------------------
 
 
@@ -508,9 +561,9 @@ def make_registry() -> kopf.OperatorRegistry:
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         rt: Runtime = memo["runtime"]
         settings.posting.enabled = False  # our events are our own; no log spam as events
-        # At most this many jobs are reconciled at once: a storm over 10,000 jobs waits in
-        # kopf's queues instead of holding 10,000 requests (and their memory) in flight.
-        settings.queueing.worker_limit = rt.config.workers or None
+        # The handlers only queue work and return (see WorkQueue): kopf's per-object
+        # workers need no limit, and `--workers` sizes the operator's own pool.
+        settings.queueing.worker_limit = None
         settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
         settings.watching.chunk_size = PAGE_SIZE  # list at start a page at a time, too
         # Only on.event handlers: kopf keeps no progress. Should a stateful handler ever
@@ -532,6 +585,8 @@ def make_registry() -> kopf.OperatorRegistry:
         except Exception as error:  # e.g. the CRDs not installed yet: carry on, say so
             metrics.ERRORS.labels("repair").inc()
             log.warning("could not check for missed events at start-up: %s", error)
+        for _worker in range(rt.config.workers):
+            rt.spawn(work(rt))
         rt.spawn(sweep_forever(rt))
 
     @kopf.on.cleanup(registry=registry)
@@ -566,7 +621,7 @@ def make_registry() -> kopf.OperatorRegistry:
                 await rt.kube.delete_executor(key[0], executor.metadata.name)
             return
         rt.jobs.remember(job)
-        await guarded(rt, key, "job", reconcile_job(rt, job))
+        rt.enqueue(key)
 
     @kopf.on.event(names.GROUP, names.VERSION, names.EXECUTOR_PLURAL, registry=registry)
     async def executor_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
@@ -583,7 +638,7 @@ def make_registry() -> kopf.OperatorRegistry:
             executor, rt.jobs.get(key), rt.config.dangling_grace, utcnow()
         ):
             return
-        await guarded(rt, key, "executor", reconcile_executor(rt, executor, deleted, "watch"))
+        rt.observe(executor, deleted, "watch")
 
     return registry
 

@@ -1,16 +1,22 @@
-"""The operator's cache of jobs: what comes back is the job that went in."""
+"""The operator's cache of jobs: what comes back is the job that went in, less the
+managedFields it never reads."""
 
 from __future__ import annotations
 
-from job_operator.core import rfc3339
+from job_operator import core, names
 from job_operator.operator import JobCache
 from tests.unit.factories import NOW, make_job, managed_entry
 
+EARLIER, LATER = core.rfc3339(NOW), "2025-03-14T12:05:00Z"
 
-def test_a_job_comes_back_equal_without_its_managed_fields() -> None:
+
+def test_a_job_comes_back_equal_but_for_managed_fields() -> None:
     job = make_job(
-        annotations={"job-operator.dev/reschedule": "t1"},
-        managed_fields=[managed_entry("kubectl", rfc3339(NOW), "job-operator.dev/reschedule")],
+        annotations={names.RESCHEDULE_ANNOTATION: "t1", "team": "data"},
+        managed_fields=[
+            managed_entry("kubectl-client-side-apply", EARLIER, "team"),
+            managed_entry("on-call", LATER, names.RESCHEDULE_ANNOTATION, "team"),
+        ],
         state="running",
         executor="job-executor-1",
         attempt=2,
@@ -27,11 +33,21 @@ def test_a_job_comes_back_equal_without_its_managed_fields() -> None:
     cache.remember(job)
     back = cache.get(("default", job.metadata.name))
     assert back is not None
-    assert back.metadata.managed_fields == []
     assert back.model_copy(update={"metadata": job.metadata}) == job
     assert back.metadata.model_copy(update={"managed_fields": job.metadata.managed_fields}) == (
         job.metadata
     )
+    # Only who wrote a request annotation, and when, is kept of managedFields.
+    assert back.metadata.managed_fields == [
+        {
+            "manager": "on-call",
+            "time": LATER,
+            "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{names.RESCHEDULE_ANNOTATION}": {}}}},
+        }
+    ]
+    for annotation in core.REQUEST_ANNOTATIONS:
+        assert core.requested_by(back, annotation) == core.requested_by(job, annotation)
+    assert core.requested_by(back, names.RESCHEDULE_ANNOTATION) == "on-call"
 
 
 def test_the_latest_version_wins_and_forget_drops_it() -> None:
