@@ -1,6 +1,6 @@
 """Prometheus metrics of the operator, served on its metrics port."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RESCHEDULE_REQUESTS = Counter(
     "job_operator_reschedule_requests_total",
@@ -38,4 +38,8 @@ ERRORS = Counter(
 DANGLING_DELETED = Counter(
     "job_operator_dangling_executors_deleted_total",
     "ExecutorClusters deleted because no job will use them.",
+)
+QUEUE_DEPTH = Gauge(
+    "job_operator_work_queue_depth",
+    "Jobs waiting to be reconciled (each counted once, however many events named it).",
 )

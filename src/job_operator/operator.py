@@ -585,6 +585,7 @@ def make_registry() -> kopf.OperatorRegistry:
         except Exception as error:  # e.g. the CRDs not installed yet: carry on, say so
             metrics.ERRORS.labels("repair").inc()
             log.warning("could not check for missed events at start-up: %s", error)
+        metrics.QUEUE_DEPTH.set_function(lambda: len(rt.queue))
         for _worker in range(rt.config.workers):
             rt.spawn(work(rt))
         rt.spawn(sweep_forever(rt))

@@ -31,6 +31,7 @@ DOCUMENTED = {
     "job_operator_status_conflicts": "counter",
     "job_operator_errors": "counter",
     "job_operator_dangling_executors_deleted": "counter",
+    "job_operator_work_queue_depth": "gauge",
 }
 
 
