@@ -660,16 +660,29 @@ def is_dangling(
 
 
 def executor_event_is_quiet(
-    executor: ExecutorCluster, job: Job | None, grace: timedelta, now: datetime
+    executor: ExecutorCluster,
+    job: Job | None,
+    grace: timedelta,
+    now: datetime,
+    *,
+    deleted: bool = False,
 ) -> bool:
-    """An executor seen not yet running (or provisioning) by a job that keeps it: nothing
-    to do for its job (`follow_executor` acts on Running, an end, or a loss) or for it.
+    """An executor event that needs nothing: a cluster seen not yet running (or
+    provisioning) by a job that keeps it, or the deletion of one the job has left.
 
-    Half of the executor events of a reschedule are such; the operator skips them
-    without taking the job's lock. `job` may be stale: a quiet executor the job does not
-    name yet is a dispatch in flight, one it has left is dangling and not quiet.
+    Most executor events of a reschedule are such; the operator drops them without
+    queueing anything. `job` may be stale: a quiet executor the job does not name yet is
+    a dispatch in flight, and the deletion of one (an attempt newer than the job's) is
+    not quiet; a left-behind cluster that still exists is dangling, so not quiet either.
     """
-    if job is None or executor.metadata.deletion_timestamp:
+    if job is None or job.metadata.uid != executor.spec.job_ref.uid:
+        return False
+    if deleted:
+        return (
+            job.status.executor != executor.metadata.name
+            and executor.spec.attempt <= job.status.attempt
+        )
+    if executor.metadata.deletion_timestamp:
         return False
     if executor.status.phase not in (None, "Provisioning"):
         return False

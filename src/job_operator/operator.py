@@ -11,6 +11,7 @@ operator makes is one of ours, and all of them are idempotent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 import kopf
 
 from job_operator import core, metrics, names
-from job_operator.kube import PAGE_SIZE, Conflict, Kube, NotFound
+from job_operator.kube import PAGE_SIZE, Conflict, Kube, NotFound, lean
 from job_operator.models import ExecutorCluster, Job
 
 log = logging.getLogger("job_operator")
@@ -89,31 +90,47 @@ class WorkQueue:
     (one added while being worked on is queued again when that work ends).
 
     The kopf handlers only queue keys and return, so what waits in a storm is a key per
-    job, not each event's body; and `--workers` reconcile at once.
+    job, not each event's body; and `--workers` reconcile at once. Urgent keys (an
+    executor changed: a job to move to running, or a loss) go before the others, so a
+    cycle already under way finishes before the next request in a storm starts one.
     """
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[JobKey] = asyncio.Queue()
+        self._urgent: collections.deque[JobKey] = collections.deque()
+        self._normal: collections.deque[JobKey] = collections.deque()
+        self._entries = asyncio.Semaphore(0)  # one per entry in the two deques
         self._dirty: set[JobKey] = set()  # to be worked on (queued, or after the current work)
+        self._dirty_urgent: set[JobKey] = set()
         self._processing: set[JobKey] = set()
 
-    def add(self, key: JobKey) -> None:
-        if key in self._dirty:
+    def add(self, key: JobKey, *, urgent: bool = False) -> None:
+        if key in self._dirty and (not urgent or key in self._dirty_urgent):
             return
         self._dirty.add(key)
+        if urgent:
+            self._dirty_urgent.add(key)
         if key not in self._processing:
-            self._queue.put_nowait(key)
+            self._push(key, urgent)
+
+    def _push(self, key: JobKey, urgent: bool) -> None:
+        (self._urgent if urgent else self._normal).append(key)
+        self._entries.release()
 
     async def get(self) -> JobKey:
-        key = await self._queue.get()
-        self._dirty.discard(key)
-        self._processing.add(key)
-        return key
+        while True:
+            await self._entries.acquire()
+            key = self._urgent.popleft() if self._urgent else self._normal.popleft()
+            # A key queued normally and then urgently has two entries: the first wins.
+            if key in self._dirty and key not in self._processing:
+                self._dirty.discard(key)
+                self._dirty_urgent.discard(key)
+                self._processing.add(key)
+                return key
 
     def done(self, key: JobKey) -> None:
         self._processing.discard(key)
         if key in self._dirty:
-            self._queue.put_nowait(key)
+            self._push(key, key in self._dirty_urgent)
 
     def busy(self, key: JobKey) -> bool:
         """Queued or being worked on."""
@@ -164,7 +181,7 @@ class Runtime:
     def observe(self, executor: ExecutorCluster, deleted: bool, source: str) -> None:
         key = (executor.metadata.namespace or "", executor.spec.job_ref.name)
         self.executor_changes.setdefault(key, []).append(ExecutorChange(executor, deleted, source))
-        self.queue.add(key)
+        self.queue.add(key, urgent=True)
 
     def forget(self, key: JobKey, uid: str) -> None:
         self.jobs.forget(key)
@@ -627,16 +644,16 @@ def make_registry() -> kopf.OperatorRegistry:
     @kopf.on.event(names.GROUP, names.VERSION, names.EXECUTOR_PLURAL, registry=registry)
     async def executor_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         rt: Runtime = memo["runtime"]
-        try:
-            executor = ExecutorCluster.model_validate(event.get("object") or {})
+        try:  # kept until followed: without managedFields, most of its bytes
+            executor = ExecutorCluster.model_validate(lean(dict(event.get("object") or {})))
         except ValueError as error:
             metrics.ERRORS.labels("parse").inc()
             log.warning("ignoring an ExecutorCluster the operator cannot read: %s", error)
             return
         key = (executor.metadata.namespace or "", executor.spec.job_ref.name)
         deleted = event.get("type") == "DELETED"
-        if not deleted and core.executor_event_is_quiet(
-            executor, rt.jobs.get(key), rt.config.dangling_grace, utcnow()
+        if core.executor_event_is_quiet(
+            executor, rt.jobs.get(key), rt.config.dangling_grace, utcnow(), deleted=deleted
         ):
             return
         rt.observe(executor, deleted, "watch")

@@ -1052,6 +1052,34 @@ def test_a_dispatch_in_flight_is_quiet() -> None:
     assert core.executor_event_is_quiet(executor, job, GRACE, NOW)
 
 
+def test_the_deletion_of_a_cluster_the_job_has_left_is_quiet() -> None:
+    job = job_in("pending", executor=NEW_EXECUTOR, attempt=2)
+    executor = make_executor(OLD_EXECUTOR, job=job, attempt=1)
+    assert core.executor_event_is_quiet(executor, job, GRACE, NOW, deleted=True)
+
+
+@pytest.mark.parametrize(
+    ("executor", "job"),
+    [
+        (
+            make_executor(NEW_EXECUTOR, attempt=2),
+            job_in("running", executor=NEW_EXECUTOR, attempt=2),
+        ),
+        (
+            make_executor(NEW_EXECUTOR, attempt=3),
+            job_in("running", executor=OLD_EXECUTOR, attempt=2),
+        ),
+        (make_executor(OLD_EXECUTOR, attempt=1), None),
+        (make_executor(OLD_EXECUTOR, attempt=1, job_uid="another"), job_in("running", attempt=2)),
+    ],
+    ids=["its-own-cluster", "a-dispatch-in-flight", "job-unknown", "another-job"],
+)
+def test_deletions_that_may_matter_are_not_quiet(
+    executor: ExecutorCluster, job: Job | None
+) -> None:
+    assert not core.executor_event_is_quiet(executor, job, GRACE, NOW, deleted=True)
+
+
 @pytest.mark.parametrize(
     ("executor", "job"),
     [
@@ -1094,6 +1122,8 @@ def test_a_quiet_event_would_change_nothing(
     if core.executor_event_is_quiet(executor, job, GRACE, NOW):
         assert not core.follow_executor(job, executor, NEW_EXECUTOR, POLICY, NOW).changes(job)
         assert not core.is_dangling(executor, job, GRACE, NOW)
+    if core.executor_event_is_quiet(executor, job, GRACE, NOW, deleted=True):
+        assert not core.follow_executor(job, None, NEW_EXECUTOR, POLICY, NOW).changes(job)
 
 
 # --- the executor manifest -----------------------------------------------------------------

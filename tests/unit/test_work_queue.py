@@ -45,3 +45,37 @@ async def test_done_without_new_events_leaves_nothing_queued() -> None:
     assert not queue.busy(A)
     queue.add(B)
     assert await asyncio.wait_for(queue.get(), timeout=1) == B
+
+
+async def test_urgent_keys_go_first() -> None:
+    queue = WorkQueue()
+    queue.add(A)
+    queue.add(B, urgent=True)
+    assert await queue.get() == B
+    assert await queue.get() == A
+
+
+async def test_a_queued_key_made_urgent_is_served_once_and_early() -> None:
+    queue = WorkQueue()
+    C = ("ns", "c")
+    queue.add(A)
+    queue.add(C)
+    queue.add(C, urgent=True)
+    assert await queue.get() == C
+    queue.done(C)
+    assert await queue.get() == A
+    queue.done(A)
+    assert len(queue) == 0
+    with pytest.raises(TimeoutError):  # C's first entry is spent: not handed out again
+        await asyncio.wait_for(queue.get(), timeout=0.05)
+
+
+async def test_urgency_added_while_worked_on_is_kept_for_the_next_round() -> None:
+    queue = WorkQueue()
+    queue.add(A)
+    assert await queue.get() == A
+    queue.add(B)
+    queue.add(A, urgent=True)  # an executor change while A is being reconciled
+    queue.done(A)
+    assert await queue.get() == A  # ahead of B, which was queued first
+    assert await queue.get() == B
