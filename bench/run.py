@@ -149,6 +149,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="first wait up to S seconds for the machine to be idle (load average < 1)",
     )
     p.add_argument(
+        "--source-rev",
+        metavar="REV",
+        help="run the operator and simulator from this git revision's src/ (extracted into "
+        "the run's work folder), so edits made meanwhile do not leak in; recorded by commit",
+    )
+    p.add_argument(
         "--source-tree",
         metavar="DIR",
         help="run the operator and simulator from this src/ folder (e.g. a snapshot made "
@@ -245,11 +251,28 @@ async def _server_version(cluster: Cluster) -> str:
     return f"{info.get('major')}.{info.get('minor')}"
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def extract_revision(rev: str, workdir: Path) -> tuple[str, str]:
+    """`rev`'s src/ extracted under `workdir`: (the folder, the short commit)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    target = workdir / f"src-{commit}"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", commit, "src"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return str(target / "src"), commit
+
+
 def source_version(tree: str | None = None) -> str:
     """The commit the operator under test was run from, and whether src/ had changes."""
     if tree:
         return f"the source folder {tree}"
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
@@ -268,7 +291,7 @@ def render_again(path: Path) -> int:
     results["targets"] = report.targets(results)
     text = report.render(results)
     path.with_suffix(".md").write_text(text)
-    if path.parent == RESULTS and not path.stem.endswith("-quick"):
+    if path.resolve().parent == RESULTS.resolve() and not path.stem.endswith("-quick"):
         (RESULTS / "latest.md").write_text(text)
     print(text)
     return 0
@@ -286,7 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="job-operator-bench-"))
     log.info("logs of the operator and simulator in %s", workdir)
     now = datetime.now(UTC)
-    source = source_version(plan.source_tree)
+    if args.source_rev:
+        plan.source_tree, commit = extract_revision(args.source_rev, workdir)
+        source = f"commit {commit} (its src/ extracted, run from there)"
+    else:
+        source = source_version(plan.source_tree)
     results, extra = asyncio.run(run_with_cluster(args, plan, workdir))
     results["meta"] = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
