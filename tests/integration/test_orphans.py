@@ -11,6 +11,21 @@ from tests.helpers import Kube, wait_for
 from tests.integration.conftest import HANG, Jobs, Operator, Process
 
 
+def terminate(kube: Kube, jobs: Jobs, executor: str) -> None:
+    """Mark an ExecutorCluster Terminated, as a provisioner reporting its loss would."""
+    kube.kubectl_run(
+        "patch",
+        "ec",
+        executor,
+        "-n",
+        jobs.namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"phase":"Terminated"}}',
+    )
+
+
 def lost_and_back(jobs: Jobs, name: str, lost: str) -> dict[str, Any]:
     """Wait until `name` runs again on a cluster other than `lost`; return its status."""
     return jobs.wait(
@@ -47,17 +62,7 @@ def test_terminated_executor_is_replaced_and_deleted(
 ) -> None:
     jobs.create("terminated", annotations=HANG)
     lost = jobs.wait_running("terminated")["executor"]
-    kube.kubectl_run(
-        "patch",
-        "ec",
-        lost,
-        "-n",
-        jobs.namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status":{"phase":"Terminated"}}',
-    )
+    terminate(kube, jobs, lost)
     status = lost_and_back(jobs, "terminated", lost)
     assert status["history"][-1]["reason"] == "ExecutorLost"
     wait_for(lambda: lost not in jobs.executor_names(), description="terminated EC deleted")
@@ -119,17 +124,7 @@ def test_losses_while_the_operator_was_down_are_repaired(
     operator.stop()
     simulator.stop()
     kube.kubectl_run("delete", "ec", deleted, "-n", jobs.namespace)
-    kube.kubectl_run(
-        "patch",
-        "ec",
-        terminated,
-        "-n",
-        jobs.namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status":{"phase":"Terminated"}}',
-    )
+    terminate(kube, jobs, terminated)
     simulator.start()
     operator.start_and_wait()
     lost_and_back(jobs, "deleted-offline", deleted)
