@@ -105,11 +105,10 @@ async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 def environment_proxy(url: str) -> str | None:
     """The proxy $HTTPS_PROXY/$HTTP_PROXY names for `url`, unless $NO_PROXY exempts it."""
     proxies = urllib.request.getproxies_environment()
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if not proxies or urllib.request.proxy_bypass(host):
+    parts = urllib.parse.urlsplit(url)
+    if not proxies or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
-    scheme = urllib.parse.urlsplit(url).scheme or "https"
-    return proxies.get(scheme) or proxies.get("all")
+    return proxies.get(parts.scheme or "https") or proxies.get("all")
 
 
 class Kube:
