@@ -14,7 +14,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 CONTROLPLANE_DIR ?= .controlplane
-CONTROLPLANE := $(PY) -m job_operator.testing.controlplane
+CONTROLPLANE := $(PY) -m testenv.controlplane
 TESTS ?= tests
 PYTEST_ARGS ?=
 
@@ -51,7 +51,7 @@ cluster-down: venv
 # reschedule of a running job, a skipped terminal job and a forced one. Stops all it starts.
 .PHONY: demo
 demo: venv controlplane
-	$(PY) hack/demo.py
+	PYTHONPATH=$(CURDIR) $(PY) hack/demo.py
 
 # End to end on kind: build the image, create a kind cluster, load the image,
 # `kubectl apply -k deploy/`, wait for the rollout, smoke-test the deployed operator

@@ -223,7 +223,8 @@ async def run_with_cluster(
     if args.kubeconfig:
         cluster = Cluster(Path(args.kubeconfig), args.kubectl)
         return await run_all(cluster, plan, workdir), {}
-    from job_operator.testing.controlplane import ControlPlane, ensure_built
+    from testenv.build import ensure_built
+    from testenv.controlplane import ControlPlane
 
     toolchain = ensure_built()
     control_plane = ControlPlane(toolchain, audit=False)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from job_operator.testing.controlplane import ControlPlane, ControlPlaneError, ensure_built
+from testenv.build import ControlPlaneError, ensure_built
+from testenv.controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "demo"

@@ -1,6 +1,6 @@
 """Fixtures: the cluster (``kube``) and a fresh namespace per test (``namespace``).
 
-By default the session starts its own API server (job_operator.testing.controlplane, audit
+By default the session starts its own API server (testenv.controlplane, audit
 log on). With ``JOB_OPERATOR_TEST_KUBECONFIG=1`` it uses the cluster ``$KUBECONFIG`` names
 (kind, a real cluster) and the ``kubectl`` on PATH instead.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from job_operator.names import EXECUTOR_PLURAL, GROUP, JOB_PLURAL
-from job_operator.testing.controlplane import ControlPlane, ControlPlaneError, ensure_built
+from testenv.build import ControlPlaneError, ensure_built
+from testenv.controlplane import ControlPlane
 from tests.helpers import Kube
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"

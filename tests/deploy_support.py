@@ -32,7 +32,7 @@ def find_kubectl() -> str | None:
     on_path = shutil.which("kubectl")
     if on_path:
         return on_path
-    from job_operator.testing.controlplane import ControlPlaneError, ensure_built
+    from testenv.build import ControlPlaneError, ensure_built
 
     try:
         return str(ensure_built().kubectl)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from job_operator.testing.controlplane import ControlPlane
+from testenv.controlplane import ControlPlane
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The pure parts of job_operator.testing.controlplane: apt sources, closure, cache keys."""
+"""The pure parts of testenv: apt sources, closure, cache keys, certificate subjects."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from job_operator.testing import controlplane as cp
+from testenv import build as cp
+from testenv import controlplane
 from tests.helpers import wait_for
 
 DEB822 = """\
@@ -176,15 +177,15 @@ def test_deb_file_names(tmp_path: Path) -> None:
 
 
 def test_certificate_subject_escapes() -> None:
-    assert cp._subject("admin", ["system:masters"]) == "/O=system:masters/CN=admin"
-    assert cp._subject("a/b", ["x=y", "g"]) == "/O=x\\=y/O=g/CN=a\\/b"
+    assert controlplane._subject("admin", ["system:masters"]) == "/O=system:masters/CN=admin"
+    assert controlplane._subject("a/b", ["x=y", "g"]) == "/O=x\\=y/O=g/CN=a\\/b"
 
 
 def test_error_carries_output_tail() -> None:
     err = cp.ControlPlaneError("building failed", "line 1\nline 2")
     assert err.message == "building failed"
     assert str(err) == "building failed\nline 1\nline 2"
-    assert cp._tail("\n".join(str(i) for i in range(100)), 3) == "97\n98\n99"
+    assert cp.tail("\n".join(str(i) for i in range(100)), 3) == "97\n98\n99"
 
 
 def test_wait_for_returns_value_or_names_what_timed_out() -> None:

@@ -1,1 +1,0 @@
-"""Test support: a real Kubernetes API server built from Debian packages."""
