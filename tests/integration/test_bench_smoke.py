@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bench import report
 from bench.client import Api, ApiError
 from bench.harness import Cluster, Plan, executors_path
 from bench.run import run_all, server_pids
 from bench.tracker import jobs_path
-
 from tests.helpers import Kube
 
 JOBS = 20
