@@ -9,6 +9,8 @@ handlers read, call these and write; every rule of CONTRACT.md lives here.
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -60,6 +62,48 @@ class Decision:
 
     def changes(self, job: Job) -> bool:
         return self.status != job.status
+
+
+OutcomeKind = Literal[
+    "reschedule", "cancel", "auto_reschedule", "dispatch", "orphan", "dangling_deleted"
+]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Something a plan does, as the metrics count it: a request's outcome
+    (`reschedule`/`cancel`: rescheduled, cancelled, skipped_terminal, invalid), an
+    automatic reschedule (rescheduled, failed), a dispatch, an orphan found, a dangling
+    cluster deleted."""
+
+    kind: OutcomeKind
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one reconcile of a job does, decided from the job and its clusters.
+
+    Carried out in this order: `create` the cluster (before the status names it),
+    compare-and-swap `status` (None: unchanged), post `events`, `delete` clusters;
+    then look again after `requeue_after` (a backoff), if set.
+    """
+
+    status: JobStatus | None = None
+    create: dict[str, Any] | None = None
+    delete: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
+    outcomes: tuple[Outcome, ...] = ()
+    requeue_after: timedelta | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write, create or delete."""
+        return self.status is None and self.create is None and not self.delete
+
+    def outcome(self, kind: OutcomeKind) -> str | None:
+        """The value of the plan's `kind` outcome (e.g. "rescheduled"), if it has one."""
+        return next((o.value for o in self.outcomes if o.kind == kind), None)
 
 
 @dataclass(frozen=True)
@@ -173,6 +217,16 @@ def pending_request(job: Job, annotation: str) -> Request | None:
         and job.metadata.annotations.get(names.RESCHEDULE_FORCE_ANNOTATION) == token
     )
     return Request(annotation, token, force, requested_by(job, annotation))
+
+
+def with_request(job: Job, annotation: str, token: str, *, force: bool = False) -> Job:
+    """`job` as it would be with request `token` written to `annotation` (and forced):
+    what `plan` then does answers "what would this request do?" without writing it."""
+    annotations = {**job.metadata.annotations, annotation: token}
+    if force:
+        annotations[names.RESCHEDULE_FORCE_ANNOTATION] = token
+    metadata = job.metadata.model_copy(update={"annotations": annotations})
+    return job.model_copy(update={"metadata": metadata})
 
 
 def invalid_reason(request: Request) -> tuple[str, str] | None:
@@ -689,53 +743,157 @@ def executor_event_is_quiet(
     return not is_dangling(executor, job, grace, now)
 
 
-def recorded_events(job: Job, since: datetime) -> list[Event]:
-    """The events of the requests recorded in the job's status since `since`.
+def events(
+    status: JobStatus, *, before: JobStatus | None = None, since: datetime | None = None
+) -> tuple[Event, ...]:
+    """The events of what `status` records: the one place events are made.
 
-    After a crash between a status write and its event, the operator posts
-    these again at start-up; events are keyed, so those already posted stay single.
+    With `before` (a plan), the events of what changed since that status: requests
+    handled, an executor lost or failed. Without it (crash repair), the events of the
+    requests handled since `since`: a crash between a status write and its event leaves
+    them unposted, and events are keyed, so those already posted stay single.
     """
-    status = job.status
-    events: list[Event] = []
+
+    def recorded(new: bool, stamp: str) -> bool:
+        return new if before is not None else since is None or parse_time(stamp) >= since
+
+    made: list[Event] = []
+    old = before or JobStatus()
+    cancelled = status.cancel
+    if cancelled is not None and recorded(cancelled != old.cancel, cancelled.handled_at):
+        key = request_key(names.CANCEL_ANNOTATION, token_digest(cancelled.request))
+        if cancelled.outcome == "cancelled":
+            message = f"cancelled; the job was {cancelled.previous_state}"
+            made.append(Event("Normal", "Cancelled", message, key))
+        else:
+            message = f"job is already {cancelled.previous_state}; cancel ignored"
+            made.append(Event("Normal", "CancelSkipped", message, key))
     record = status.reschedule
-    if record is not None and parse_time(record.handled_at) >= since:
+    if record is not None and recorded(record != old.reschedule, record.handled_at):
         key = request_key(names.RESCHEDULE_ANNOTATION, token_digest(record.request))
         if record.outcome == "rescheduled":
-            events.append(
-                Event("Normal", "Rescheduled", f"rescheduled from {record.previous_state}", key)
+            message = (
+                f"rescheduled from {record.previous_state}"
+                + (f" on {record.previous_executor}" if record.previous_executor else "")
+                + (" (forced)" if record.force else "")
             )
+            made.append(Event("Normal", "Rescheduled", message, key))
         else:
-            events.append(
-                Event(
-                    "Normal",
-                    "RescheduleSkipped",
-                    f"job was {record.previous_state}; not forced",
-                    key,
-                )
-            )
-    cancelled = status.cancel
-    if cancelled is not None and parse_time(cancelled.handled_at) >= since:
-        key = request_key(names.CANCEL_ANNOTATION, token_digest(cancelled.request))
-        reason = "Cancelled" if cancelled.outcome == "cancelled" else "CancelSkipped"
-        events.append(
-            Event("Normal", reason, f"cancel request; job was {cancelled.previous_state}", key)
-        )
+            force = names.RESCHEDULE_FORCE_ANNOTATION
+            message = f"job is {record.previous_state}; set {force} to force"
+            made.append(Event("Normal", "RescheduleSkipped", message, key))
     for rejected in status.rejected_requests:
-        if parse_time(rejected.rejected_at) >= since:
+        if recorded(rejected not in old.rejected_requests, rejected.rejected_at):
             reason = (
                 "InvalidRescheduleRequest"
                 if rejected.annotation == names.RESCHEDULE_ANNOTATION
                 else "InvalidCancelRequest"
             )
-            events.append(
-                Event(
-                    "Warning",
-                    reason,
-                    rejected.message,
-                    request_key(rejected.annotation, rejected.token_digest),
-                )
+            key = request_key(rejected.annotation, rejected.token_digest)
+            made.append(Event("Warning", reason, rejected.message, key))
+    if before is None or before.terminal or before.executor is None:
+        return tuple(made)
+    left = before.executor
+    if status.reason == "ExecutorLostTooOften" and status.executor != left:
+        made.append(Event("Warning", "ExecutorLostTooOften", status.message or "", f"lost:{left}"))
+    elif status.auto_reschedules > before.auto_reschedules:
+        made.append(Event("Warning", "ExecutorLost", status.message or "", f"lost:{left}"))
+    elif status.reason == "ExecutorFailed" and status.state == "failed":
+        made.append(Event("Warning", "ExecutorFailed", status.message or "", f"failed:{left}"))
+    return tuple(made)
+
+
+def plan(
+    job: Job,
+    clusters: Sequence[ExecutorCluster],
+    now: datetime,
+    policy: Policy,
+    *,
+    fresh_executor: str | None = None,
+) -> Plan:
+    """Everything a reconcile does to `job`, given the ExecutorClusters that name it
+    (`spec.jobRef.name`) as they are now. Pure: the controller carries the plan out.
+
+    In order: a first status; the job follows the cluster its status names (its phase,
+    or its loss when it is gone, deleting or `Terminated`); its requests, cancel first;
+    a dispatch if that leaves it waiting and no backoff holds it: onto the cluster of its
+    next attempt if one exists (made before a crash or a refused write), else onto a new
+    one (`fresh_executor`, a fresh `job-executor-<uuid4>` by default). Every cluster the
+    job does not name afterwards is deleted, but for its next attempt's while it waits
+    for a dispatch. A cluster the job has left never changes it.
+    """
+    uid = job.metadata.uid
+    mine = [c for c in clusters if c.spec.job_ref.uid == uid]
+    before = job.status
+    current = job.model_copy(update={"status": initialise(job, now).status})
+    outcomes: list[Outcome] = []
+    following = current.status.executor
+    if following is not None and not current.status.terminal:
+        cluster = next((c for c in mine if c.metadata.name == following), None)
+        followed = follow_executor(current, cluster, following, policy, now).status
+        if followed.executor != following:
+            outcomes.append(Outcome("orphan"))
+        current = current.model_copy(update={"status": followed})
+    followed = current.status
+    current = current.model_copy(update={"status": handle_requests(current, now).status})
+    create: dict[str, Any] | None = None
+    requeue_after: timedelta | None = None
+    due = dispatch_due(current, now)
+    if due == timedelta(0):
+        attempt = current.status.attempt + 1
+        adopted = next(
+            (c for c in mine if c.spec.attempt == attempt and not c.metadata.deletion_timestamp),
+            None,
+        )
+        if adopted is not None:
+            name = adopted.metadata.name
+        else:
+            name = fresh_executor or new_executor_name(str(uuid.uuid4()))
+            create = executor_manifest(current, name)
+        current = current.model_copy(update={"status": dispatch(current, name, now).status})
+    elif due is not None:
+        requeue_after = due
+    after = current.status
+    waiting = dispatch_due(current, now) is not None
+    delete = tuple(
+        c.metadata.name
+        for c in clusters
+        if not c.metadata.deletion_timestamp
+        and c.metadata.name != after.executor
+        and not (waiting and c.spec.job_ref.uid == uid and c.spec.attempt == after.attempt + 1)
+    )
+    outcomes.extend(_outcomes(before, after))
+    outcomes.extend(Outcome("dangling_deleted") for name in delete if name != before.executor)
+    return Plan(
+        status=after if after != before else None,
+        create=create,
+        delete=delete,
+        events=events(followed, before=before) + events(after, before=followed),
+        outcomes=tuple(outcomes),
+        requeue_after=requeue_after,
+    )
+
+
+def _outcomes(before: JobStatus, after: JobStatus) -> list[Outcome]:
+    """What a status change did, as the metrics count it."""
+    found: list[Outcome] = []
+    if after.reschedule is not None and after.reschedule != before.reschedule:
+        found.append(Outcome("reschedule", after.reschedule.outcome))
+    if after.cancel is not None and after.cancel != before.cancel:
+        found.append(Outcome("cancel", after.cancel.outcome))
+    for rejected in after.rejected_requests:
+        if rejected not in before.rejected_requests:
+            kind: OutcomeKind = (
+                "reschedule" if rejected.annotation == names.RESCHEDULE_ANNOTATION else "cancel"
             )
-    return events
+            found.append(Outcome(kind, "invalid"))
+    if after.auto_reschedules > before.auto_reschedules:
+        found.append(Outcome("auto_reschedule", "rescheduled"))
+    if after.reason == "ExecutorLostTooOften" and before.reason != after.reason:
+        found.append(Outcome("auto_reschedule", "failed"))
+    if after.attempt > before.attempt:
+        found.append(Outcome("dispatch"))
+    return found
 
 
 def event_name(job: Job, event: Event) -> str:

@@ -517,7 +517,7 @@ async def repair_events(rt: Runtime) -> None:
         posted: set[str] | None = None
         async for page in rt.kube.job_pages(namespace):
             for job in page:
-                for event in core.recorded_events(job, since):
+                for event in core.events(job.status, since=since):
                     if posted is None:  # read only when some job has recent requests
                         posted = await rt.kube.event_names(namespace)
                     if core.event_name(job, event) not in posted:
