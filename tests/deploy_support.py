@@ -20,8 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 BASE = DEPLOY / "base"
 NAMESPACED = DEPLOY / "overlays" / "namespaced"
+PROVISIONER = DEPLOY / "provisioner"
+SIMULATOR = DEPLOY / "simulator"
 INSTALL_NAMESPACE = "job-operator-system"
 SERVICE_ACCOUNT = "job-operator"
+SIMULATOR_ACCOUNT = "executor-simulator"
 IMAGE = "job-operator:0.1.0"
 
 Obj = dict[str, Any]

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import yaml
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio import watch
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from job_operator import core, names, views
 from job_operator.cli_support import lease_namespace
@@ -31,6 +32,7 @@ FIELD_MANAGER_CLI = "job-operator-cli"
 EXIT_NOT_FOUND = 1
 EXIT_REFUSED = 3
 EXIT_TIMEOUT = 4
+EXIT_DENIED = 5
 
 
 class CliError(Exception):
@@ -39,6 +41,23 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+def denied(error: BaseException) -> CliError | None:
+    """The API server's 401 or 403 as one line; None for any other error. A 403's message
+    names the user, the verb and the resource (as the server's authorizer wrote it)."""
+    if not isinstance(error, ApiException) or error.status not in (401, 403):
+        return None
+    try:
+        message = " ".join(str(json.loads(error.body or b"")["message"]).split())
+    except (TypeError, ValueError, KeyError):
+        message = str(error.reason)
+    if error.status == 401:
+        return CliError(
+            f"unauthorized: the API server did not accept the kubeconfig's credentials ({message})",
+            EXIT_DENIED,
+        )
+    return CliError(f"forbidden: {message.partition(' is forbidden: ')[2] or message}", EXIT_DENIED)
 
 
 def new_token() -> str:
@@ -149,7 +168,7 @@ async def wait_handled(kube: Kube, job: Job, annotation: str, token: str, timeou
         except TimeoutError:
             continue
         except Exception as error:  # a broken or expired watch: re-read, then watch again
-            if isinstance(error, CliError):
+            if isinstance(error, CliError) or denied(error):
                 raise
             try:
                 job = await kube.get_job(namespace, name)
@@ -322,9 +341,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         sys.exit(dispatch_command(args))
-    except CliError as error:
-        print(f"job-operator: {error}", file=sys.stderr)
-        sys.exit(error.code)
+    except (CliError, ApiException) as error:
+        failure = error if isinstance(error, CliError) else denied(error)
+        if failure is None:
+            raise
+        print(f"job-operator: {failure}", file=sys.stderr)
+        sys.exit(failure.code)
     except KeyboardInterrupt:
         sys.exit(130)
 

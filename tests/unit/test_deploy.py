@@ -25,8 +25,11 @@ from tests.deploy_support import (
     IMAGE,
     INSTALL_NAMESPACE,
     NAMESPACED,
+    PROVISIONER,
     REPO,
     SERVICE_ACCOUNT,
+    SIMULATOR,
+    SIMULATOR_ACCOUNT,
     Obj,
     find,
     find_kubectl,
@@ -113,6 +116,8 @@ def test_base_has_everything_an_install_needs(base: list[Obj]) -> None:
             ("ClusterRoleBinding", "job-operator"),
             ("Role", "job-operator-leader-election"),
             ("RoleBinding", "job-operator-leader-election"),
+            ("ClusterRole", "job-operator-edit"),
+            ("ClusterRole", "job-operator-view"),
             ("Deployment", "job-operator"),
             ("Service", "job-operator-metrics"),
             ("PodDisruptionBudget", "job-operator"),
@@ -267,6 +272,7 @@ def test_no_wildcards_or_non_resource_urls(rendered: list[Obj]) -> None:
 
 
 def test_bindings_name_the_operator_service_account(rendered: list[Obj]) -> None:
+    """Every binding of the install is the operator's (the user roles are aggregated)."""
     bindings = find(rendered, "RoleBinding") + find(rendered, "ClusterRoleBinding")
     assert bindings
     for binding in bindings:
@@ -287,7 +293,11 @@ def namespaced_resource(base: list[Obj], group: str, resource: str) -> bool:
 
 
 def test_namespaced_overlay_has_no_cluster_permissions(namespaced: list[Obj]) -> None:
-    assert not find(namespaced, "ClusterRole")
+    # Its only ClusterRoles are the users' (aggregated into view/edit/admin, bound by
+    # nothing here); the operator's own permissions are a Role.
+    assert sorted(o["metadata"]["name"] for o in find(namespaced, "ClusterRole")) == sorted(
+        USER_ROLES
+    )
     assert not find(namespaced, "ClusterRoleBinding")
 
 
@@ -338,6 +348,84 @@ def test_cluster_install_runs_cluster_wide(base: list[Obj]) -> None:
     assert args[0] == "run"
     assert "--all-namespaces" in args
     assert not any(a.startswith(("-n", "--namespace")) for a in args)
+
+
+# --- the users' roles -------------------------------------------------------------------
+
+USER_ROLES = {
+    "job-operator-view": ["view"],
+    "job-operator-edit": ["edit", "admin"],
+}
+JOB = ("job-operator.dev", "jobs")
+READ = {"get", "list", "watch"}
+
+
+def verbs_on(role: Obj, group: str, resource: str) -> set[str]:
+    return {g.verb for g in role_grants(role) if (g.group, g.resource) == (group, resource)}
+
+
+@pytest.mark.parametrize("name", sorted(USER_ROLES))
+def test_user_roles_aggregate_into_the_built_in_roles(rendered: list[Obj], name: str) -> None:
+    labels = one(rendered, "ClusterRole", name)["metadata"]["labels"]
+    aggregated = sorted(
+        key.rpartition("/aggregate-to-")[2]
+        for key, value in labels.items()
+        if key.startswith("rbac.authorization.k8s.io/aggregate-to-") and value == "true"
+    )
+    assert aggregated == sorted(USER_ROLES[name])
+
+
+def test_an_editor_may_reschedule_and_a_viewer_may_only_read(base: list[Obj]) -> None:
+    """Requesting a reschedule or a cancel is `patch` on jobs (an annotation)."""
+    view = one(base, "ClusterRole", "job-operator-view")
+    edit = one(base, "ClusterRole", "job-operator-edit")
+    assert verbs_on(view, *JOB) == READ
+    assert "patch" in verbs_on(edit, *JOB)
+    assert verbs_on(edit, *JOB) >= READ  # the CLI watches the job it asked about
+    for role in (view, edit):
+        # Only the operator writes a Job's status; only it and the provisioner, clusters.
+        for resource in ("jobs/status", "executorclusters", "executorclusters/status"):
+            assert verbs_on(role, "job-operator.dev", resource) <= READ, (role, resource)
+        assert {g.group for g in role_grants(role)} == {"job-operator.dev"}
+
+
+# --- the provisioner's and the simulator's roles ---------------------------------------
+
+PROVISIONER_GRANTS = {
+    ("get", "executorclusters"),
+    ("list", "executorclusters"),
+    ("watch", "executorclusters"),
+    ("patch", "executorclusters/status"),
+}
+
+
+@pytest.fixture(scope="module")
+def simulator_tree(kubectl: str) -> list[Obj]:
+    return render(kubectl, SIMULATOR)
+
+
+def test_provisioner_role_is_what_a_provisioner_needs(kubectl: str) -> None:
+    objects = render(kubectl, PROVISIONER)
+    role = one(objects, "ClusterRole", "job-operator-provisioner")
+    assert [o["kind"] for o in objects] == ["ClusterRole"]  # the binding is the user's
+    assert {(g.verb, g.resource) for g in role_grants(role)} == PROVISIONER_GRANTS
+    assert {g.group for g in role_grants(role)} == {"job-operator.dev"}
+
+
+def test_simulator_is_a_provisioner_that_reads_jobs(simulator_tree: list[Obj]) -> None:
+    assert wildcards(simulator_tree) == []
+    one(simulator_tree, "ServiceAccount", SIMULATOR_ACCOUNT)
+    grants = grants_of(simulator_tree, SIMULATOR_ACCOUNT, INSTALL_NAMESPACE)
+    assert {(g.verb, g.resource) for g in grants} == PROVISIONER_GRANTS | {("get", "jobs")}
+    assert all(g.namespace is None and not g.names for g in grants)
+
+
+def test_simulator_objects_are_valid_for_the_newest_kubernetes(
+    simulator_tree: list[Obj],
+) -> None:
+    version = kubernetes_version()
+    for obj in simulator_tree:
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 # --- the image ------------------------------------------------------------------------
