@@ -4,7 +4,7 @@ No Docker runs on our machines, so kind cannot start a cluster and no registry s
 kube-apiserver binary. Debian's unstable suite carries the upstream apiextensions-apiserver
 as Go source with all its dependencies, a Go toolchain, etcd and kubectl 1.36. This module
 fetches those packages into a private cache with apt (never touching the system's apt
-configuration or state) and builds ``hack/controlplane/wrapper/main.go`` against them
+configuration or state) and builds the wrapper in ``hack/controlplane/wrapper/`` against them
 (:func:`ensure_built`), once per set of package versions and wrapper source.
 Running what it built is :mod:`testenv.controlplane`'s part.
 
@@ -45,7 +45,7 @@ ROOT_PACKAGES: Final = (
 # Of the closure, only these are fetched: the Go world, etcd and kubectl (no libc etc.).
 NON_GO_PACKAGES: Final = frozenset({"etcd-server", "kubectl"})
 GO_IMPORT_PATH: Final = "job-operator.dev/controlplane"
-WRAPPER_RELPATH: Final = Path("hack/controlplane/wrapper/main.go")
+WRAPPER_RELPATH: Final = Path("hack/controlplane/wrapper")
 KEEP_BUILDS: Final = 3
 DEBIAN_SUITES: Final = frozenset(
     {
@@ -446,8 +446,8 @@ def default_cache_dir() -> Path:
     return (base / "job-operator").resolve()
 
 
-def wrapper_source_path() -> Path:
-    """Where the wrapper's main.go is: ``$JOB_OPERATOR_WRAPPER_SRC`` or the repository's."""
+def wrapper_dir() -> Path:
+    """The wrapper's Go package folder: ``$JOB_OPERATOR_WRAPPER_SRC`` or the repository's."""
     env = os.environ.get("JOB_OPERATOR_WRAPPER_SRC")
     candidates = [Path(env)] if env else []
     candidates += [
@@ -455,12 +455,26 @@ def wrapper_source_path() -> Path:
         Path.cwd() / WRAPPER_RELPATH,
     ]
     for path in candidates:
-        if path.is_file():
+        if (path / "main.go").is_file():
             return path
     raise ControlPlaneError(
-        f"the wrapper source {WRAPPER_RELPATH} was not found "
-        "(run from the repository, or set JOB_OPERATOR_WRAPPER_SRC)"
+        f"the wrapper source {WRAPPER_RELPATH}/main.go was not found "
+        "(run from the repository, or set JOB_OPERATOR_WRAPPER_SRC to its folder)"
     )
+
+
+def wrapper_files(folder: Path) -> dict[str, bytes]:
+    """The wrapper package's files (its Go sources), by name."""
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.suffix == ".go" and not path.name.endswith("_test.go")
+    }
+
+
+def wrapper_source(files: Mapping[str, bytes]) -> bytes:
+    """One byte string for the whole package (names and contents), for the cache keys."""
+    return b"".join(name.encode() + b"\0" + data + b"\0" for name, data in sorted(files.items()))
 
 
 @contextlib.contextmanager
@@ -558,17 +572,18 @@ def ensure_built(
     """
     say = log or stderr_log
     cache = _Cache((cache_dir or default_cache_dir()) / "controlplane")
-    source = wrapper_source_path().read_bytes()
+    files = wrapper_files(wrapper_dir())
+    source = wrapper_source(files)
     wrapper_hash = wrapper_key(source)
     if not refresh and (tc := cache.load_latest(wrapper_hash)) is not None:
         return tc
     with _file_lock(cache.lock, say):
         if not refresh and (tc := cache.load_latest(wrapper_hash)) is not None:
             return tc
-        return _build(cache, source, wrapper_hash, say)
+        return _build(cache, files, wrapper_hash, say)
 
 
-def _build(cache: _Cache, source: bytes, wrapper_hash: str, say: Log) -> Toolchain:
+def _build(cache: _Cache, files: Mapping[str, bytes], wrapper_hash: str, say: Log) -> Toolchain:
     for tool in ("apt-get", "apt-cache", "dpkg"):
         if shutil.which(tool) is None:
             raise ControlPlaneError(
@@ -582,6 +597,7 @@ def _build(cache: _Cache, source: bytes, wrapper_hash: str, say: Log) -> Toolcha
     apt.update(cache.logs)
     names = apt.closure(ROOT_PACKAGES, cache.logs)
     packages = apt.candidates(names, cache.logs)
+    source = wrapper_source(files)
     key = cache_key(packages, source)
     build_dir = cache.builds / key[:16]
     if (tc := Toolchain.from_build_dir(build_dir)) is not None:
@@ -606,8 +622,11 @@ def _build(cache: _Cache, source: bytes, wrapper_hash: str, say: Log) -> Toolcha
     started = time.monotonic()
     tmp_build = Path(tempfile.mkdtemp(prefix=f".{build_dir.name}-tmp", dir=mkdir_p(cache.builds)))
     bin_dir = mkdir_p(tmp_build / "bin")
-    pkg_dir = mkdir_p(cache.gopath / "src" / GO_IMPORT_PATH)
-    (pkg_dir / "main.go").write_bytes(source)
+    pkg_dir = cache.gopath / "src" / GO_IMPORT_PATH
+    shutil.rmtree(pkg_dir, ignore_errors=True)  # no file of another wrapper version stays
+    mkdir_p(pkg_dir)
+    for name, data in files.items():
+        (pkg_dir / name).write_bytes(data)
     goroot = root / f"usr/lib/go-{GO_MINOR}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GO")}
     env.update(

@@ -1,16 +1,21 @@
 """Run the test API server: etcd and the built server on free loopback ports.
 
-:class:`ControlPlane` starts both with fresh certificates and writes an admin kubeconfig;
-``python -m testenv.controlplane up|down|build|kubectl-path`` is the small CLI behind
-``make cluster-up``. Fetching and building is :mod:`testenv.build`'s part.
+:class:`ControlPlane` starts both with fresh certificates and writes an admin kubeconfig
+(a client certificate in ``system:masters``); :meth:`ControlPlane.add_user` mints other
+users, each with a bearer token and a kubeconfig that uses it.
+``python -m testenv.controlplane up|down|add-user|build|kubectl-path`` is the small CLI
+behind ``make cluster-up``. Fetching and building is :mod:`testenv.build`'s part.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
+import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -25,7 +30,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -41,7 +47,7 @@ from testenv.build import (
     mkdir_p,
     run_command,
     stderr_log,
-    wrapper_source_path,
+    wrapper_dir,
     write_json_atomic,
 )
 
@@ -79,6 +85,44 @@ prompt = no
 """
 DIR_MARKER: Final = ".job-operator-controlplane"
 STATE_FILE: Final = "state.json"
+TOKEN_FILE: Final = "tokens.csv"
+SERVICE_ACCOUNT_PREFIX: Final = "system:serviceaccount:"
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """A user the API server knows: its name, groups, bearer token and a kubeconfig using it.
+
+    ``groups`` are the groups the server reports for it, besides ``system:authenticated``
+    (which every authenticated user has).
+    """
+
+    name: str
+    groups: tuple[str, ...]
+    token: str
+    kubeconfig: Path
+
+
+def service_account_groups(name: str) -> tuple[str, ...]:
+    """The groups a real cluster gives a service account's token: none for other users.
+
+    ``system:serviceaccount:NS:NAME`` is in ``system:serviceaccounts`` and
+    ``system:serviceaccounts:NS``.
+    """
+    if not name.startswith(SERVICE_ACCOUNT_PREFIX):
+        return ()
+    namespace, sep, account = name.removeprefix(SERVICE_ACCOUNT_PREFIX).partition(":")
+    if not sep or not namespace or not account:
+        return ()
+    return ("system:serviceaccounts", f"system:serviceaccounts:{namespace}")
+
+
+def token_file_line(token: str, name: str, uid: str, groups: Sequence[str]) -> str:
+    """One line of the server's token file (kube-apiserver's ``--token-auth-file`` CSV)."""
+    out = io.StringIO()
+    row = [token, name, uid] + ([",".join(groups)] if groups else [])
+    csv.writer(out, lineterminator="\n").writerow(row)
+    return out.getvalue()
 
 
 # --------------------------------------------------------------------------------------
@@ -235,6 +279,21 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (made if missing), for read-modify-write of a file."""
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _subject(user: str, groups: Sequence[str]) -> str:
     def esc(value: str) -> str:
         return re.sub(r"([/\\+=,])", r"\\\1", value)
@@ -309,6 +368,11 @@ class ControlPlane:
         return self._dir() / "kubeconfig"
 
     @property
+    def token_file(self) -> Path:
+        """The server's bearer tokens (``--token-auth-file``), which :meth:`add_user` extends."""
+        return self._dir() / TOKEN_FILE
+
+    @property
     def audit_log(self) -> Path | None:
         """The audit log (JSON lines), when started with ``audit=True``."""
         return self._dir() / "audit.log" if self.audit else None
@@ -356,7 +420,8 @@ class ControlPlane:
         try:
             self.etcd_port, self.etcd_peer_port, self.apiserver_port = _free_ports(3)
             self._make_pki()
-            self._write_kubeconfig(self.kubeconfig, "admin", "admin")
+            self._write_kubeconfig(self.kubeconfig, "admin", self._cert_credentials("admin"))
+            self.token_file.write_text("")
             if self.audit:
                 (self._dir() / "audit-policy.yaml").write_text(self.audit_policy)
             self._etcd = _Process("etcd", self._etcd_argv(toolchain), self.etcd_log)
@@ -375,7 +440,7 @@ class ControlPlane:
     def _install_stand_ins(self) -> None:
         """Serve the built-in APIs the operator needs beyond CRDs: coordination.k8s.io
         Leases (leader election), by a CRD with the same group, version and fields."""
-        crd = wrapper_source_path().parents[1] / "leases-crd.yaml"
+        crd = wrapper_dir().parent / "leases-crd.yaml"
         base: list[str | Path] = [self.kubectl, f"--kubeconfig={self.kubeconfig}"]
         run_command([*base, "apply", "-f", crd], what="installing the Lease stand-in CRD")
         run_command(
@@ -505,13 +570,42 @@ class ControlPlane:
 
     def make_kubeconfig(self, user: str, groups: Sequence[str] = ()) -> Path:
         """A client certificate (CN=user, O=each group) and a kubeconfig for it."""
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", user)
         digest = hashlib.sha256("\0".join([user, *groups]).encode()).hexdigest()[:8]
-        name = f"{safe}-{digest}"
+        name = f"{_file_safe(user)}-{digest}"
         self._client_cert(name, _subject(user, groups))
         path = self._dir() / f"kubeconfig-{name}"
-        self._write_kubeconfig(path, name, user)
+        self._write_kubeconfig(path, user, self._cert_credentials(name))
         return path
+
+    def add_user(self, name: str, groups: Sequence[str] = ()) -> Identity:
+        """A user with a fresh bearer token (and no certificate), and a kubeconfig using it.
+
+        A service account's name (``system:serviceaccount:NS:NAME``) also gets the groups a
+        real cluster gives it. The token is added to the server's token file, which the
+        server reads again when it changes; this returns once the server accepts the token.
+        The user may do only what RBAC bindings grant it (or everything, in
+        ``system:masters``).
+        """
+        if not name or any(c in name for c in "\r\n"):
+            raise ControlPlaneError(f"invalid user name {name!r}")
+        all_groups = tuple(dict.fromkeys([*groups, *service_account_groups(name)]))
+        token = secrets.token_urlsafe(32)
+        line = token_file_line(token, name, str(uuid.uuid4()), all_groups)
+        with _file_lock(self.token_file.with_name(f"{TOKEN_FILE}.lock")):
+            text = self.token_file.read_text() if self.token_file.exists() else ""
+            tmp = self.token_file.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(text + line)
+            tmp.chmod(0o600)
+            tmp.replace(self.token_file)  # a new inode: the server sees the change at once
+        digest = hashlib.sha256(token.encode()).hexdigest()[:8]
+        path = self._dir() / f"kubeconfig-{_file_safe(name)}-{digest}"
+        self._write_kubeconfig(path, name, {"token": token})
+        self._wait_until(
+            lambda: self._token_status(token) not in (None, 401),
+            f"the server to accept the token of {name}",
+            self.apiserver_log,
+        )
+        return Identity(name=name, groups=all_groups, token=token, kubeconfig=path)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -570,6 +664,7 @@ class ControlPlane:
             f"--kubeconfig={dead}",
             f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
             f"--core-store={self._dir() / 'core-store.jsonl'}",
+            f"--token-auth-file={self.token_file}",
         ]
         if self.audit:
             argv += [
@@ -639,6 +734,10 @@ class ControlPlane:
         ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
         self._ssl = ctx
 
+    def _ca_context(self) -> ssl.SSLContext:
+        """Trusts the server, presents no client certificate."""
+        return ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
@@ -646,7 +745,13 @@ class ControlPlane:
             self._ssl = ctx
         return self._ssl
 
-    def _write_kubeconfig(self, path: Path, cert_name: str, user: str) -> None:
+    def _cert_credentials(self, cert_name: str) -> dict[str, str]:
+        return {
+            "client-certificate": str(self.pki / f"{cert_name}.crt"),
+            "client-key": str(self.pki / f"{cert_name}.key"),
+        }
+
+    def _write_kubeconfig(self, path: Path, user: str, credentials: dict[str, str]) -> None:
         name = "job-operator-controlplane"
         config = {
             "apiVersion": "v1",
@@ -660,27 +765,29 @@ class ControlPlane:
                     },
                 }
             ],
-            "users": [
-                {
-                    "name": user,
-                    "user": {
-                        "client-certificate": str(self.pki / f"{cert_name}.crt"),
-                        "client-key": str(self.pki / f"{cert_name}.key"),
-                    },
-                }
-            ],
+            "users": [{"name": user, "user": credentials}],
             "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
             "current-context": name,
         }
         path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
 
-    def _http(self, url: str, *, method: str = "GET", body: object = None) -> int | None:
-        """The HTTP status of a request, or None if the server cannot be reached."""
+    def _http(
+        self, url: str, *, method: str = "GET", body: object = None, token: str | None = None
+    ) -> int | None:
+        """The HTTP status of a request, or None if the server cannot be reached.
+
+        As the admin (client certificate), or with ``token`` as that token's user.
+        """
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        ctx = self._ssl_context() if url.startswith("https:") else None
+        ctx: ssl.SSLContext | None = None
+        if url.startswith("https:"):
+            ctx = self._ssl_context() if token is None else self._ca_context()
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
                 resp.read()
@@ -693,6 +800,10 @@ class ControlPlane:
     def _request(self, method: str, path: str, body: object = None) -> int | None:
         return self._http(self.server_url + path, method=method, body=body)
 
+    def _token_status(self, token: str) -> int | None:
+        """The status of a discovery request with ``token``: 401 while the server rejects it."""
+        return self._http(self.server_url + "/apis", token=token)
+
     def _etcd_healthy(self) -> bool:
         return self._http(self.etcd_url + "/health") == 200
 
@@ -704,19 +815,25 @@ class ControlPlane:
         )
 
     def _wait(self, name: str, proc: _Process, log_path: Path, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
+        def started() -> bool:
             code = proc.exit_code()
             if code is not None:
                 raise ControlPlaneError(
                     f"{name} exited with code {code} while starting (log: {log_path})",
                     file_tail(log_path),
                 )
-            if ready():
-                return
+            return ready()
+
+        self._wait_until(started, f"{name} to be ready", log_path)
+
+    def _wait_until(self, condition: Callable[[], bool], what: str, log_path: Path) -> None:
+        """Poll ``condition`` until it holds, or fail after ``ready_timeout`` naming ``what``."""
+        deadline = time.monotonic() + self.ready_timeout
+        while not condition():
             if time.monotonic() >= deadline:
                 raise ControlPlaneError(
-                    f"{name} was not ready within {self.ready_timeout:.0f} s (log: {log_path})",
+                    f"timed out after {self.ready_timeout:.0f} s waiting for {what} "
+                    f"(log: {log_path})",
                     file_tail(log_path),
                 )
             time.sleep(0.1)
@@ -752,6 +869,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if old.running():
             stderr_log(f"already running at {old.server_url}")
             print(f"export KUBECONFIG={old.kubeconfig}")
+            _explain_users(data_dir)
             return 0
         old.stop()
     toolchain = ensure_built()
@@ -764,6 +882,34 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"kubectl {toolchain.kubectl}; logs in {data_dir}"
     )
     print(f"export KUBECONFIG={cp.kubeconfig}")
+    _explain_users(data_dir)
+    return 0
+
+
+def _explain_users(data_dir: Path) -> None:
+    """Say (on stderr) which kubeconfig is the admin's and how to get a user's."""
+    here = Path.cwd()
+    shown = data_dir.relative_to(here) if data_dir.is_relative_to(here) else data_dir
+    stderr_log(
+        "that kubeconfig is the admin's (client certificate, group system:masters); "
+        "for a user who may do only what RBAC grants, mint one: "
+        f"{_python()} -m testenv.controlplane add-user NAME [--group G]... --dir {shown} "
+        "prints the path of its kubeconfig (a bearer token)"
+    )
+
+
+def _python() -> str:
+    """How to name this Python in a hint: relative to the working folder when inside it."""
+    exe = Path(sys.executable)
+    return str(exe.relative_to(Path.cwd())) if exe.is_relative_to(Path.cwd()) else "python"
+
+
+def _cmd_add_user(args: argparse.Namespace) -> int:
+    cp = ControlPlane.attach(Path(args.dir).resolve())
+    if not cp.running():
+        raise ControlPlaneError(f"no control plane is running in {args.dir} (make cluster-up)")
+    identity = cp.add_user(args.name, args.group)
+    print(identity.kubeconfig)
     return 0
 
 
@@ -799,6 +945,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--dir", default=".controlplane", help="state folder (default .controlplane)")
     up.add_argument("--audit", action="store_true", help="write an audit log to DIR/audit.log")
     up.set_defaults(func=_cmd_up)
+    add_user = sub.add_parser(
+        "add-user",
+        help="mint a user (bearer token) on the one started by up; print its kubeconfig's path",
+    )
+    add_user.add_argument("name", help="user name, e.g. alice or system:serviceaccount:NS:NAME")
+    add_user.add_argument(
+        "--group", action="append", default=[], help="a group of the user (repeatable)"
+    )
+    add_user.add_argument(
+        "--dir", default=".controlplane", help="state folder (default .controlplane)"
+    )
+    add_user.set_defaults(func=_cmd_add_user)
     down = sub.add_parser("down", help="stop the one started by up")
     down.add_argument("--dir", default=".controlplane", help="state folder (default .controlplane)")
     down.set_defaults(func=_cmd_down)

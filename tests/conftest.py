@@ -1,4 +1,5 @@
-"""Fixtures: the cluster (``kube``) and a fresh namespace per test (``namespace``).
+"""Fixtures: the cluster (``kube``), a fresh namespace per test (``namespace``), and users
+with credentials of their own (``mint_identity``, see tests/identities.py).
 
 By default the session starts its own API server (testenv.controlplane, audit
 log on). With ``JOB_OPERATOR_TEST_KUBECONFIG=1`` it uses the cluster ``$KUBECONFIG`` names
@@ -22,6 +23,7 @@ from job_operator.names import EXECUTOR_PLURAL, GROUP, JOB_PLURAL
 from testenv.build import ControlPlaneError, ensure_built
 from testenv.controlplane import ControlPlane
 from tests.helpers import Kube
+from tests.identities import IdentityMinter
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -122,3 +124,17 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     finally:
         _cleanup_namespace(kube, name)
+
+
+@pytest.fixture
+def mint_identity(kube: Kube, tmp_path: Path) -> Iterator[IdentityMinter]:
+    """``mint_identity(name, groups=())`` -> an Identity (token, kubeconfig) for this test.
+
+    Any user on the suite's control plane; only service accounts on an external cluster
+    (others skip the test). Service accounts and namespaces it created are deleted after.
+    """
+    minter = IdentityMinter(kube, tmp_path / "identities")
+    try:
+        yield minter
+    finally:
+        minter.cleanup()

@@ -1,4 +1,4 @@
-"""The pure parts of testenv: apt sources, closure, cache keys, certificate subjects."""
+"""The pure parts of testenv: apt sources, closure, cache keys, certificate subjects, tokens."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from testenv import build as cp
 from testenv import controlplane
 from tests.helpers import wait_for
+from tests.identities import split_service_account
 
 DEB822 = """\
 Types: deb
@@ -193,3 +194,38 @@ def test_wait_for_returns_value_or_names_what_timed_out() -> None:
     assert wait_for(lambda: next(calls), timeout=5, interval=0) == 7
     with pytest.raises(AssertionError, match="the impossible"):
         wait_for(lambda: False, timeout=0.05, interval=0.01, description="the impossible")
+
+
+def test_token_file_lines_are_csv_with_groups_in_one_field() -> None:
+    assert controlplane.token_file_line("t0k", "alice", "u-1", []) == "t0k,alice,u-1\n"
+    assert (
+        controlplane.token_file_line("t0k", "bob", "u-2", ["dev", "system:masters"])
+        == 't0k,bob,u-2,"dev,system:masters"\n'
+    )
+    assert controlplane.token_file_line("t", 'a "b", c', "u", []) == 't,"a ""b"", c",u\n'
+
+
+def test_service_accounts_get_the_groups_a_cluster_gives_them() -> None:
+    assert controlplane.service_account_groups("system:serviceaccount:ns:op") == (
+        "system:serviceaccounts",
+        "system:serviceaccounts:ns",
+    )
+    for other in ("alice", "system:serviceaccount:ns", "system:serviceaccount::op"):
+        assert controlplane.service_account_groups(other) == ()
+    assert split_service_account("system:serviceaccount:ns:op") == ("ns", "op")
+    assert split_service_account("system:admin") is None
+
+
+def test_wrapper_source_covers_every_go_file(tmp_path: Path) -> None:
+    (tmp_path / "main.go").write_text("package main\n")
+    (tmp_path / "authn.go").write_text("package main // a\n")
+    (tmp_path / "authn_test.go").write_text("package main // test\n")
+    (tmp_path / "README.md").write_text("not built\n")
+    files = cp.wrapper_files(tmp_path)
+    assert sorted(files) == ["authn.go", "main.go"]
+    source = cp.wrapper_source(files)
+    (tmp_path / "authn.go").write_text("package main // b\n")
+    assert cp.wrapper_source(cp.wrapper_files(tmp_path)) != source
+    (tmp_path / "README.md").write_text("changed, still not built\n")
+    (tmp_path / "authn.go").write_text("package main // a\n")
+    assert cp.wrapper_source(cp.wrapper_files(tmp_path)) == source
