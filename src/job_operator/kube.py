@@ -23,7 +23,7 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from job_operator import names
+from job_operator import metrics, names
 from job_operator.core import Event, event_name, rfc3339
 from job_operator.models import ExecutorCluster, Job, JobStatus
 
@@ -313,6 +313,7 @@ class Kube:
                 "event %s on %s/%s was already posted", event.reason, meta.namespace, meta.name
             )
         except (TimeoutError, ApiException, OSError, aiohttp.ClientError) as error:
+            metrics.ERRORS.labels("event").inc()
             log.warning(
                 "could not post event %s on %s/%s (will try again): %s",
                 event.reason,

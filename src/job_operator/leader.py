@@ -18,6 +18,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from job_operator import metrics
 from job_operator.core import rfc3339
 from job_operator.kube import Kube
 
@@ -128,6 +129,7 @@ class LeaderElector:
                     )
                     return True
             except (ApiException, OSError, TimeoutError) as error:
+                metrics.ERRORS.labels("lease").inc()
                 log.warning("leader election: %s", error)
             if not announced:
                 log.info(
@@ -156,6 +158,7 @@ class LeaderElector:
                     continue
                 log.error("leader election: the Lease was taken by another replica")
             except (ApiException, OSError, TimeoutError) as error:
+                metrics.ERRORS.labels("lease").inc()
                 log.warning("leader election: renewal failed: %s", error)
                 if loop.time() - last_renewal < self.config.renew_deadline:
                     continue

@@ -1,5 +1,7 @@
 """Prometheus metrics of the operator, served on its metrics port."""
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RESCHEDULE_REQUESTS = Counter(
@@ -33,7 +35,9 @@ CONFLICTS = Counter(
     "Status compare-and-swap writes refused because the job had changed (then re-decided).",
 )
 ERRORS = Counter(
-    "job_operator_errors_total", "Unexpected errors while reconciling, by stage.", ["stage"]
+    "job_operator_errors_total",
+    "Unexpected errors, by stage (reconcile, sweep, repair, parse, event, lease, kopf).",
+    ["stage"],
 )
 DANGLING_DELETED = Counter(
     "job_operator_dangling_executors_deleted_total",
@@ -43,3 +47,15 @@ QUEUE_DEPTH = Gauge(
     "job_operator_work_queue_depth",
     "Jobs waiting to be reconciled (each counted once, however many events named it).",
 )
+
+
+class KopfErrors(logging.Handler):
+    """Counts what kopf logs as errors in ERRORS{stage="kopf"}: its failed API requests
+    and watches (a 403, an API server away), which it retries by itself, and handler
+    failures. Without it they would show in the log only."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ERRORS.labels("kopf").inc()

@@ -13,6 +13,7 @@ import threading
 import prometheus_client
 from aiohttp import web
 
+from job_operator import metrics
 from job_operator.cli_support import lease_namespace, run_loop
 from job_operator.kube import Kube
 from job_operator.leader import LeaderElector, LeaseConfig
@@ -126,12 +127,15 @@ async def run_kopf_in_thread(
             operator_stop.set()
 
     relaying = asyncio.create_task(relay())
+    kopf_errors = metrics.KopfErrors()
+    logging.getLogger("kopf").addHandler(kopf_errors)
     try:
         await asyncio.to_thread(
             run_loop, run_operator(config, operator_stop, health.operator_ready)
         )
     finally:
         relaying.cancel()
+        logging.getLogger("kopf").removeHandler(kopf_errors)
     if not operator_stop.is_set():
         raise OperatorDied("the operator stopped by itself")
 
