@@ -5,6 +5,7 @@
 #   make test          build the test API server if needed (cached), then run the tests
 #                      (TESTS=tests/unit PYTEST_ARGS='-k x' to narrow them)
 #   make lint          ruff check, ruff format --check, mypy
+#   make reference     regenerate docs/reference.md from the code (a unit test checks it)
 #   make cluster-up    start an API server in the background; prints `export KUBECONFIG=...`
 #   make cluster-down  stop it
 
@@ -18,7 +19,7 @@ CONTROLPLANE := $(PY) -m testenv.controlplane
 TESTS ?= tests
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint cluster-up cluster-down controlplane
+.PHONY: venv test lint reference cluster-up cluster-down controlplane
 
 venv: $(VENV_STAMP)
 
@@ -41,6 +42,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+reference: venv
+	$(PY) -m job_operator.reference
+
 cluster-up: venv
 	@$(CONTROLPLANE) up --dir $(CONTROLPLANE_DIR)
 
@@ -61,7 +65,7 @@ demo: venv controlplane
 kind-e2e: venv
 	hack/kind-e2e.sh
 
-# The benchmark (issue 6): starts its own control plane, operator and simulator; ~15-20
+# The benchmark: starts its own control plane, operator and simulator; ~15-20
 # minutes on 2 cores. Results in bench/results/ (latest.md); BENCH_ARGS=--quick for a
 # small run. See docs/performance.md.
 .PHONY: bench

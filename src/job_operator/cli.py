@@ -238,7 +238,9 @@ def parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, *, wait: bool) -> None:
         p.add_argument("name", metavar="NAME", help="the Job's name")
         p.add_argument("-n", "--namespace", help="the Job's namespace (default: the context's)")
-        p.add_argument("-o", "--output", choices=("json", "yaml", "text"), default="text")
+        p.add_argument(
+            "-o", "--output", choices=("json", "yaml", "text"), default="text", help="output format"
+        )
         p.add_argument("--kubeconfig", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if wait:
             p.add_argument(
@@ -281,7 +283,9 @@ def parser() -> argparse.ArgumentParser:
         default=8080,
         help="port of /metrics, /healthz and /readyz (0: none)",
     )
-    operator.add_argument("--metrics-address", default="0.0.0.0")
+    operator.add_argument(
+        "--metrics-address", default="0.0.0.0", help="address of the metrics port"
+    )
     operator.add_argument(
         "--backoff-base",
         type=float,
@@ -320,8 +324,15 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="namespace of the leader Lease (default: the pod's, or default)",
     )
-    operator.add_argument("--lease-name", default="job-operator-leader")
-    operator.add_argument("--lease-duration", type=float, default=15.0)
+    operator.add_argument(
+        "--lease-name", default="job-operator-leader", help="name of the leader Lease"
+    )
+    operator.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        help="seconds a leader holds the Lease without renewing it; a standby takes over then",
+    )
     operator.add_argument(
         "--identity", default=None, help="this replica's name in the Lease (default: hostname-pid)"
     )

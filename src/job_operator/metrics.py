@@ -14,10 +14,14 @@ CANCEL_REQUESTS = Counter(
     "Cancel requests handled, by outcome (cancelled, skipped_terminal, invalid).",
     ["outcome"],
 )
-DISPATCHES = Counter("job_operator_dispatches_total", "Jobs placed on a fresh ExecutorCluster.")
+DISPATCHES = Counter(
+    "job_operator_dispatches_total",
+    "Jobs placed on a fresh ExecutorCluster (first dispatch, after a reschedule, after a loss).",
+)
 ORPHANS_FOUND = Counter(
     "job_operator_orphans_found_total",
-    "Non-terminal jobs found without their ExecutorCluster, by how (watch, sweep).",
+    "Non-terminal jobs whose ExecutorCluster was deleted or Terminated, by how they were "
+    "found (the watch, or the periodic and start-up sweep).",
     ["source"],
 )
 AUTO_RESCHEDULES = Counter(
@@ -36,12 +40,12 @@ CONFLICTS = Counter(
 )
 ERRORS = Counter(
     "job_operator_errors_total",
-    "Unexpected errors, by stage (reconcile, sweep, repair, parse, event, lease, kopf).",
+    "Unexpected errors, by stage; the work is tried again. Any is worth an alert.",
     ["stage"],
 )
 DANGLING_DELETED = Counter(
     "job_operator_dangling_executors_deleted_total",
-    "ExecutorClusters deleted because no job will use them.",
+    "ExecutorClusters deleted because no job will use them (job deleted, or moved on).",
 )
 QUEUE_DEPTH = Gauge(
     "job_operator_work_queue_depth",

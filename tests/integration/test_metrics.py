@@ -1,4 +1,4 @@
-"""The documented metrics (docs/deploy.md) move when the operator does what they count.
+"""The documented metrics (docs/reference.md) move when the operator does what they count.
 
 /metrics is scraped before and after each step and read with prometheus_client's own
 parser; each step waits for its effect on the job (never sleeps), then for the counter.
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 
 from job_operator import names
+from job_operator.reference import metric_kinds
 from tests.helpers import wait_for
 from tests.integration.conftest import HANG, Jobs, Operator, Process
 
@@ -20,19 +21,8 @@ DISPATCHES = "job_operator_dispatches_total"
 LATENCY = "job_operator_request_handled_latency_seconds"
 AUTO_RESCHEDULES = "job_operator_auto_reschedules_total"
 ORPHANS = "job_operator_orphans_found_total"
-# Every metric the docs list, with its type: all are exported from the start.
-DOCUMENTED = {
-    "job_operator_reschedule_requests": "counter",
-    "job_operator_cancel_requests": "counter",
-    "job_operator_dispatches": "counter",
-    "job_operator_orphans_found": "counter",
-    "job_operator_auto_reschedules": "counter",
-    "job_operator_request_handled_latency_seconds": "histogram",
-    "job_operator_status_conflicts": "counter",
-    "job_operator_errors": "counter",
-    "job_operator_dangling_executors_deleted": "counter",
-    "job_operator_work_queue_depth": "gauge",
-}
+# Every metric of docs/reference.md, with its type: all are exported from the start.
+DOCUMENTED = metric_kinds()
 
 
 class Scrape:

@@ -1,4 +1,4 @@
-"""Unit tests of the state machine in job_operator.core, one group per rule of CONTRACT.md."""
+"""Unit tests of the state machine in job_operator.core, one group per rule (README)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A small in-test "world" plays the API server, the dispatcher and the cluster provisioner:
 it keeps the Job and every ExecutorCluster ever created, feeds events through the pure
 functions of job_operator.core and applies their decisions. After every step the
-invariants of CONTRACT.md must hold.
+invariants of the README and docs/reference.md must hold.
 """
 
 from __future__ import annotations

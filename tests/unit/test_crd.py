@@ -1,5 +1,5 @@
 """The CRDs: crds/*.yaml are exactly the rendering of the models, and that rendering says
-what the models (and CONTRACT.md) say.
+what the models (and docs/reference.md) say.
 
 The schema check compares the rendered OpenAPI schema with pydantic's own JSON schema of
 the same models, an independent rendering: every field by its API name, its type, its
