@@ -196,6 +196,8 @@ EXIT_NOTES: Final[Mapping[str, str]] = {
     "leader lost its Lease and stopped, so that only one replica acts",
     "EXIT_REFUSED": "the operator refused the request (e.g. a token over 256 characters)",
     "EXIT_TIMEOUT": "no operator handled the request within `--timeout`",
+    "EXIT_DENIED": "the API server refused your credentials (401) or the request (403): "
+    "reading a job needs `get` (and `watch`, to wait) on it, a request `patch`",
 }
 OTHER_EXITS: Final = (
     (0, "done: for `reschedule` and `cancel`, whatever the outcome"),
@@ -485,9 +487,12 @@ def cli_section() -> str:
         "`--no-wait` only the request written.\n"
     )
     codes = [(k, v) for k, v in vars(cli).items() if k.startswith("EXIT_") and isinstance(v, int)]
-    missing = {k for k, _ in codes} ^ set(EXIT_NOTES)
-    if missing:
-        raise ReferenceError(f"EXIT_NOTES and cli.py's EXIT_ constants differ: {sorted(missing)}")
+    differ = {k for k, _ in codes} ^ set(EXIT_NOTES)
+    if differ:
+        raise ReferenceError(
+            f"cli.py's EXIT_ constants and EXIT_NOTES in src/job_operator/reference.py differ "
+            f"in {sorted(differ)}: document each exit status there, and only those"
+        )
     exits = sorted([*OTHER_EXITS, *((v, EXIT_NOTES[k]) for k, v in codes)])
     out.append(
         "### Exit status\n\nEvery failure prints a one-line reason on stderr.\n\n"
