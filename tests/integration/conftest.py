@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from job_operator import names
 from tests.helpers import Kube, wait_for
@@ -30,13 +31,14 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_NAMES = (f"{names.JOB_PLURAL}.{names.GROUP}", f"{names.EXECUTOR_PLURAL}.{names.GROUP}")
 
 # Fast settings for tests: short backoff, frequent sweeps.
+SWEEP_INTERVAL = 2.0
 OPERATOR_TEST_FLAGS = (
     "--backoff-base",
     "0.2",
     "--backoff-cap",
     "1",
     "--sweep-interval",
-    "2",
+    f"{SWEEP_INTERVAL:g}",
     "--dangling-grace",
     "3",
 )
@@ -122,6 +124,25 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+class Scrape:
+    """One scrape of /metrics: sample values by name and labels (absent samples are 0)."""
+
+    def __init__(self, text: str) -> None:
+        self.types: dict[str, str] = {}
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(text):
+            self.types[family.name] = family.type
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str) -> float:
+        """Summed over all label values."""
+        return sum(v for (n, _), v in self.samples.items() if n == name)
+
+
 @dataclass
 class Operator(Process):
     metrics_port: int = 0
@@ -155,6 +176,14 @@ class Operator(Process):
         with urllib.request.urlopen(self.url("/metrics"), timeout=5) as response:
             text: str = response.read().decode()
             return text
+
+    def scrape(self) -> Scrape:
+        return Scrape(self.metrics())
+
+    def errors(self) -> float:
+        """Unexpected errors so far (all stages): what `running()` cannot show, since
+        the operator catches them, logs them and tries again."""
+        return self.scrape().total("job_operator_errors_total")
 
 
 def job_operator_env(kube: Kube) -> dict[str, str]:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from job_operator import names
 from job_operator.reference import metric_kinds
 from tests.helpers import wait_for
-from tests.integration.conftest import HANG, Jobs, Operator, Process
+from tests.integration.conftest import HANG, Jobs, Operator, Process, Scrape
 
 RESCHEDULES = "job_operator_reschedule_requests_total"
 CANCELS = "job_operator_cancel_requests_total"
@@ -25,27 +23,8 @@ ORPHANS = "job_operator_orphans_found_total"
 DOCUMENTED = metric_kinds()
 
 
-class Scrape:
-    """One scrape of /metrics: sample values by name and labels (absent samples are 0)."""
-
-    def __init__(self, text: str) -> None:
-        self.types: dict[str, str] = {}
-        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-        for family in text_string_to_metric_families(text):
-            self.types[family.name] = family.type
-            for sample in family.samples:
-                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
-
-    def total(self, name: str) -> float:
-        """Summed over all label values."""
-        return sum(v for (n, _), v in self.samples.items() if n == name)
-
-
 def scrape(operator: Operator) -> Scrape:
-    return Scrape(operator.metrics())
+    return operator.scrape()
 
 
 def wait_metric(operator: Operator, description: str, check: Callable[[Scrape], bool]) -> Scrape:
