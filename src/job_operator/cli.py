@@ -337,6 +337,16 @@ def parser() -> argparse.ArgumentParser:
         "--identity", default=None, help="this replica's name in the Lease (default: hostname-pid)"
     )
 
+    from job_operator.api import server as api_server
+
+    api = commands.add_parser(
+        "api",
+        help="serve the HTTP API (reschedule with a bearer token)",
+        description="Serve POST /v1/jobs/{job_id}/reschedule and friends; each write is made "
+        "with the caller's bearer token (docs/api.md).",
+    )
+    api_server.add_arguments(api)
+
     simulate = commands.add_parser("simulate", help="run the executor simulator")
     simulator.add_arguments(simulate)
     return top
@@ -371,6 +381,10 @@ def dispatch_command(args: argparse.Namespace) -> int:
         return asyncio.run(get(args))
     if args.command == "run":
         return run(args)
+    if args.command == "api":
+        from job_operator.api import server as api_server
+
+        return api_server.main(args)
     from job_operator import simulator
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -81,6 +81,20 @@ async def retry_transient(call: Callable[[], Awaitable[T]], patience: float = 60
 
 async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """A client from the given kubeconfig, $KUBECONFIG, the in-cluster account or ~/.kube."""
+    configuration = await load_configuration(kubeconfig)
+    api = client.ApiClient(configuration)
+    # kubernetes_asyncio makes its session with trust_env=True: aiohttp then reads ~/.netrc
+    # and the proxy variables in a thread on every request, a quarter of the operator's
+    # CPU in a storm (docs/performance.md). load_configuration resolved the proxy once instead.
+    session = api.rest_client.pool_manager
+    if session.trust_env:
+        session._trust_env = False
+    return api
+
+
+async def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """The connection settings from the given kubeconfig, $KUBECONFIG, the in-cluster
+    account or ~/.kube, with the proxy resolved once."""
     configuration = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -92,14 +106,7 @@ async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     configuration.connection_pool_maxsize = 64
     if configuration.proxy is None:  # kubeconfig's proxy-url first, else the environment's
         configuration.proxy = environment_proxy(configuration.host or "")
-    api = client.ApiClient(configuration)
-    # kubernetes_asyncio makes its session with trust_env=True: aiohttp then reads ~/.netrc
-    # and the proxy variables in a thread on every request, a quarter of the operator's
-    # CPU in a storm (docs/performance.md). The proxy is resolved once, above, instead.
-    session = api.rest_client.pool_manager
-    if session.trust_env:
-        session._trust_env = False
-    return api
+    return configuration
 
 
 def environment_proxy(url: str) -> str | None:

@@ -37,3 +37,7 @@ JOB_UID_LABEL: Final = f"{GROUP}/job-uid"
 
 # The field manager the operator writes with (and recognises as itself).
 FIELD_MANAGER: Final = "job-operator"
+
+# The HTTP API's writes are made as the caller, under this field manager followed by the
+# caller's user name (so status.reschedule.requestedBy names them).
+API_FIELD_MANAGER: Final = "job-operator-api"
