@@ -33,6 +33,7 @@ EXIT_NOT_FOUND = 1
 EXIT_REFUSED = 3
 EXIT_TIMEOUT = 4
 EXIT_DENIED = 5
+DEFAULT_TIMEOUT = 60.0
 
 
 class CliError(Exception):
@@ -95,7 +96,14 @@ def emit(result: dict[str, Any], output: str) -> None:
 async def request(args: argparse.Namespace, annotation: str) -> int:
     """Write a request token, wait until the operator handled it, print the result."""
     namespace = args.namespace or default_namespace(args.kubeconfig)
-    token = new_token()
+    if annotation == names.RESCHEDULE_ANNOTATION:
+        from job_operator import bulk
+
+        options = bulk.options_from(args, namespace)
+        if options is not None:
+            async with Kube.connect(args.kubeconfig) as kube:
+                return await bulk.reschedule(kube, options)
+    token = getattr(args, "token", None) or new_token()
     annotations = {annotation: token}
     if getattr(args, "force", False):
         annotations[names.RESCHEDULE_FORCE_ANNOTATION] = token
@@ -110,7 +118,9 @@ async def request(args: argparse.Namespace, annotation: str) -> int:
                 args.output,
             )
             return 0
-        job = await wait_handled(kube, job, annotation, token, args.timeout)
+        job = await wait_handled(
+            kube, job, annotation, token, DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+        )
     record = (
         job.status.reschedule if annotation == names.RESCHEDULE_ANNOTATION else job.status.cancel
     )
@@ -235,8 +245,13 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser, *, wait: bool) -> None:
-        p.add_argument("name", metavar="NAME", help="the Job's name")
+    def common(p: argparse.ArgumentParser, *, wait: bool, selects: bool = False) -> None:
+        p.add_argument(
+            "name",
+            metavar="NAME",
+            nargs="?" if selects else None,
+            help="the Job's name" + (" (or a selection: see below)" if selects else ""),
+        )
         p.add_argument("-n", "--namespace", help="the Job's namespace (default: the context's)")
         p.add_argument(
             "-o", "--output", choices=("json", "yaml", "text"), default="text", help="output format"
@@ -251,9 +266,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--timeout",
                 type=float,
-                default=60.0,
+                default=None,
                 metavar="S",
-                help="seconds to wait for the operator (default 60)",
+                help="seconds to wait for the operator (default 60"
+                + ("; for a selection, the whole run's, default 300)" if selects else ")"),
             )
 
     reschedule = commands.add_parser(
@@ -262,10 +278,16 @@ def parser() -> argparse.ArgumentParser:
         description="Request a reschedule and print its outcome: rescheduled, or "
         "skipped_terminal for a finished job unless --force.",
     )
-    common(reschedule, wait=True)
+    common(reschedule, wait=True, selects=True)
     reschedule.add_argument(
         "--force", action="store_true", help="reschedule even a completed, cancelled or failed job"
     )
+    reschedule.add_argument(
+        "--token", help="the request's token (default: a fresh one); a selection's run resumes"
+    )
+    from job_operator import bulk
+
+    bulk.add_arguments(reschedule)
     common(commands.add_parser("cancel", help="cancel a job"), wait=True)
     common(commands.add_parser("get", help="show a job in the seed API's shape"), wait=False)
 

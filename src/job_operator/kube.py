@@ -175,10 +175,19 @@ class Kube:
         return Job.model_validate(raw)
 
     async def annotate_job(
-        self, namespace: str, name: str, annotations: dict[str, str], field_manager: str
+        self,
+        namespace: str,
+        name: str,
+        annotations: dict[str, str],
+        field_manager: str,
+        uid: str | None = None,
     ) -> Job:
-        """Set annotations with a merge patch (atomic per key; retried when transient)."""
-        body = {"metadata": {"annotations": annotations}}
+        """Set annotations with a merge patch (atomic per key; retried when transient).
+        With `uid`, only on that job: one made again under its name is refused (422)."""
+        metadata: dict[str, Any] = {"annotations": annotations}
+        if uid is not None:
+            metadata["uid"] = uid
+        body = {"metadata": metadata}
         raw = await retry_transient(
             lambda: self.custom.patch_namespaced_custom_object(
                 names.GROUP,
@@ -231,18 +240,32 @@ class Kube:
 
     async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
         """All Jobs, a page at a time (so memory stays bounded), without managedFields."""
-        async for items in self._pages(names.JOB_PLURAL, namespace):
-            yield [Job.model_validate(lean(item)) for item in items]
+        async for page in self._pages(names.JOB_PLURAL, namespace):
+            yield [Job.model_validate(lean(item)) for item in page["items"]]
+
+    async def job_snapshot(
+        self, namespace: str | None = None, label_selector: str = ""
+    ) -> tuple[list[Job], str]:
+        """The Jobs matching `label_selector` (without managedFields), and the list's
+        resourceVersion: a watch from it misses no change made after the list."""
+        jobs: list[Job] = []
+        resource_version = ""
+        async for page in self._pages(names.JOB_PLURAL, namespace, label_selector):
+            jobs.extend(Job.model_validate(lean(item)) for item in page["items"])
+            resource_version = page["metadata"].get("resourceVersion") or resource_version
+        return jobs, resource_version
 
     async def executor_pages(
         self, namespace: str | None = None, label_selector: str = ""
     ) -> AsyncIterator[list[ExecutorCluster]]:
-        async for items in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
-            yield [ExecutorCluster.model_validate(lean(item)) for item in items]
+        async for page in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
+            yield [ExecutorCluster.model_validate(lean(item)) for item in page["items"]]
 
     async def _pages(
         self, plural: str, namespace: str | None, label_selector: str = ""
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The raw list responses, a page at a time (`items`, `metadata`)."""
+
         async def page(token: str | None) -> dict[str, Any]:
             options: dict[str, Any] = {"label_selector": label_selector, "limit": PAGE_SIZE}
             if token:
@@ -261,7 +284,7 @@ class Kube:
         token: str | None = None
         while True:
             raw = await retry_transient(functools.partial(page, token))
-            yield raw["items"]
+            yield raw
             token = raw["metadata"].get("continue")
             if not token:
                 return
