@@ -657,13 +657,12 @@ def add_arguments(reschedule: argparse.ArgumentParser) -> None:
         "a selection instead of a NAME (the jobs matching all that is given)"
     )
     selection.add_argument(
-        "-l", "--selector", default="", metavar="LABELS", help="label selector, as kubectl's"
+        "-l", "--selector", metavar="LABELS", help="label selector, as kubectl's"
     )
     selection.add_argument(
         "--state",
         action="append",
         type=state_argument,
-        default=[],
         metavar="STATE",
         help=f"jobs in this state (repeatable, or comma-separated): {', '.join(JOB_STATES)}",
     )
@@ -707,8 +706,8 @@ def options_from(args: argparse.Namespace, namespace: str) -> Options | None:
     the arguments do not go together."""
     selection = Selection(
         namespace=None if args.all_namespaces else namespace,
-        label_selector=args.selector,
-        states=frozenset().union(*args.state),
+        label_selector=args.selector or "",
+        states=frozenset().union(*(args.state or ())),
         job_type=args.job_type,
     )
     bulk_only = [

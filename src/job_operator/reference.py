@@ -192,17 +192,30 @@ EVENTS: Final[Mapping[str, tuple[str, str]]] = {
 
 # Exit statuses, by their constant in cli.py; then the ones no constant names.
 EXIT_NOTES: Final[Mapping[str, str]] = {
-    "EXIT_NOT_FOUND": "the job does not exist (or was deleted while waiting); `run`: the "
-    "leader lost its Lease and stopped, so that only one replica acts",
-    "EXIT_REFUSED": "the operator refused the request (e.g. a token over 256 characters)",
-    "EXIT_TIMEOUT": "no operator handled the request within `--timeout`",
+    "EXIT_NOT_FOUND": "the job does not exist (or was deleted while waiting); a forced "
+    "`reschedule` of a selection not confirmed; `run`: the leader lost its Lease and stopped, "
+    "so that only one replica acts",
+    "EXIT_REFUSED": "the operator refused the request (e.g. a token over 256 characters); "
+    "for a selection, any job's",
+    "EXIT_TIMEOUT": "no operator handled the request within `--timeout`; for a selection, "
+    "some job's (the summary lists them: the same command with `--token` resumes)",
     "EXIT_DENIED": "the API server refused your credentials (401) or the request (403): "
-    "reading a job needs `get` (and `watch`, to wait) on it, a request `patch`",
+    "reading a job needs `get` (and `watch`, to wait) on it, a request `patch`; for a "
+    "selection, any job's request (each is named)",
 }
 OTHER_EXITS: Final = (
-    (0, "done: for `reschedule` and `cancel`, whatever the outcome"),
-    (2, "the command line is wrong (argparse's usage error)"),
-    (130, "interrupted (Ctrl-C)"),
+    (
+        0,
+        "done: for `reschedule` and `cancel`, whatever the outcome; for a selection, every "
+        "job handled (or deleted meanwhile)",
+    ),
+    (
+        2,
+        "the command line is wrong (argparse's usage error); also a selection that is empty "
+        "without `--all`, a NAME with a selection, a forced selection without a terminal to "
+        "confirm on or `--yes`",
+    ),
+    (130, "interrupted (Ctrl-C); a selection's run prints its summary first"),
 )
 
 # Label values of the metrics, by metric name and label.
