@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +45,14 @@ from job_operator.cli import (
     positive_int,
 )
 from job_operator.kube import Kube, NotFound, lean
-from job_operator.models import TERMINAL_STATES, TOKEN_MAX_LENGTH, Job, JobState, JobStatus
+from job_operator.models import (
+    TERMINAL_STATES,
+    TOKEN_MAX_LENGTH,
+    ExecutorCluster,
+    Job,
+    JobState,
+    JobStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,19 +151,12 @@ def request_annotations(token: str, force: bool) -> dict[str, str]:
     return annotations
 
 
-def with_request(job: Job, token: str, force: bool) -> Job:
-    """`job` as it would be once the request is written."""
-    annotations = {**job.metadata.annotations, **request_annotations(token, force)}
-    metadata = job.metadata.model_copy(update={"annotations": annotations})
-    return job.model_copy(update={"metadata": metadata})
-
-
-def operator_decision(job: Job, now: datetime) -> tuple[JobStatus, tuple[core.Event, ...]]:
-    """The status and events the operator would write for `job` as it stands, from its
-    own decision code: core.reconcile, what its reconciler applies to a changed job.
-    The dry run's one call into the rules, so it never carries a copy of them."""
-    decision = core.reconcile(job, now)
-    return decision.status, decision.events
+def operator_plan(job: Job, clusters: Sequence[ExecutorCluster], now: datetime) -> core.Plan:
+    """What the operator would do with `job` and its ExecutorClusters as they stand: its
+    own decision code, core.plan, which its reconciler carries out. The dry run's one
+    call into the rules, so it never carries a copy of them. (The operator's backoff
+    settings change only when a redispatch may happen, never a request's outcome.)"""
+    return core.plan(job, clusters, now, core.Policy())
 
 
 @dataclass(frozen=True)
@@ -195,18 +195,21 @@ class Prediction:
     already_handled: bool = False
 
 
-def predict(job: Job, token: str, force: bool, now: datetime) -> Prediction:
-    """What the request would get from the operator, and why (its events' messages)."""
+def predict(
+    job: Job, clusters: Sequence[ExecutorCluster], token: str, force: bool, now: datetime
+) -> Prediction:
+    """What the request would get from the operator, and why (its events' messages, in
+    order: a lost cluster or a pending cancel is handled first, as the operator would)."""
     recorded = recorded_outcome(job.status, token)
     if recorded is not None:
-        return Prediction(
-            recorded.outcome, f"already handled with this token ({recorded.detail})", True
-        )
-    status, events = operator_decision(with_request(job, token, force), now)
-    predicted = recorded_outcome(status, token)
-    if predicted is None:  # the operator handles every new valid token: not expected
+        why = f"already handled with this token ({recorded.detail})"
+        return Prediction(recorded.outcome, why, already_handled=True)
+    asked = core.with_request(job, names.RESCHEDULE_ANNOTATION, token, force=force)
+    plan = operator_plan(asked, clusters, now)
+    predicted = recorded_outcome(plan.status or job.status, token)
+    if predicted is None:  # the operator handles every new token: not expected
         return Prediction("unknown", "the operator's decision records no outcome")
-    return Prediction(predicted.outcome, "; then ".join(e.message for e in events))
+    return Prediction(predicted.outcome, "; then ".join(e.message for e in plan.events))
 
 
 def carries(job: Job, token: str) -> bool:
@@ -256,6 +259,18 @@ async def select(kube: Kube, selection: Selection, token: str | None) -> tuple[l
 
 def job_key(job: Job) -> str:
     return f"{job.metadata.namespace}/{job.metadata.name}"
+
+
+async def clusters_of(kube: Kube, namespace: str | None) -> defaultdict[str, list[ExecutorCluster]]:
+    """The ExecutorClusters in scope, by the job that they name ("namespace/name")."""
+    found: defaultdict[str, list[ExecutorCluster]] = defaultdict(list)
+    try:
+        executors = await kube.list_executors(namespace)
+    except ApiException as error:
+        raise denied(error) or error from None
+    for executor in executors:
+        found[f"{executor.metadata.namespace}/{executor.spec.job_ref.name}"].append(executor)
+    return found
 
 
 # --- the outcome of a run ------------------------------------------------------------------
@@ -753,9 +768,12 @@ async def reschedule(kube: Kube, options: Options) -> int:
     )
     report = Report(options.output, len(jobs), sys.stdout, sys.stderr)
     if options.dry_run:
+        clusters = await clusters_of(kube, options.selection.namespace)
         now = datetime.now(UTC)
         report.header(options.token, len(jobs), options.force, dry_run=True)
-        predictions = [predict(job, options.token, options.force, now) for job in jobs]
+        predictions = [
+            predict(job, clusters[job_key(job)], options.token, options.force, now) for job in jobs
+        ]
         for job, prediction in zip(jobs, predictions, strict=True):
             report.predicted(job, prediction)
         counts = Counter(p.outcome for p in predictions)

@@ -8,8 +8,8 @@ import pytest
 
 from job_operator import bulk, core, names
 from job_operator.cli import EXIT_DENIED, EXIT_REFUSED, EXIT_TIMEOUT, parser
-from job_operator.models import RejectedRequest, RescheduleRecord
-from tests.unit.factories import NOW, make_job
+from job_operator.models import ExecutorCluster, Job, RejectedRequest, RescheduleRecord
+from tests.unit.factories import NOW, make_executor, make_job
 
 TOKEN = "morning-after"
 RUNNING: dict[str, Any] = {
@@ -102,39 +102,51 @@ def test_usage_problems() -> None:
 # --- prediction: the operator's own decision -------------------------------------------
 
 
+def running_job(**fields: Any) -> tuple[Job, list[ExecutorCluster]]:
+    """A running job, and its cluster as the operator would see it."""
+    job = make_job(**{**RUNNING, **fields})
+    return job, [make_executor("job-executor-1", job=job, phase="Running")]
+
+
 def test_predict_follows_the_operators_rules() -> None:
-    running = bulk.predict(make_job(**RUNNING), TOKEN, False, NOW)
+    running = bulk.predict(*running_job(), TOKEN, False, NOW)
     assert (running.outcome, running.already_handled) == ("rescheduled", False)
-    assert "rescheduled from running on job-executor-1" in running.why
+    assert running.why == "rescheduled from running on job-executor-1"
     done = make_job(state="completed", executor="job-executor-1", attempt=1, updated_at="x")
-    skipped = bulk.predict(done, TOKEN, False, NOW)
+    succeeded = [make_executor("job-executor-1", job=done, phase="Succeeded")]
+    skipped = bulk.predict(done, succeeded, TOKEN, False, NOW)
     assert skipped.outcome == "skipped_terminal"
-    assert "job is completed" in skipped.why
-    forced = bulk.predict(done, TOKEN, True, NOW)
+    assert skipped.why.startswith("job is completed")
+    forced = bulk.predict(done, succeeded, TOKEN, True, NOW)
     assert forced.outcome == "rescheduled" and "(forced)" in forced.why
 
 
 def test_predict_sees_what_the_operator_does_first() -> None:
-    """A pending cancel is handled before the reschedule: a job that is running now is
-    skipped as cancelled. A copy of the rules that looked at the state would not know."""
-    job = make_job(annotations={names.CANCEL_ANNOTATION: "stop"}, **RUNNING)
-    prediction = bulk.predict(job, TOKEN, False, NOW)
-    assert prediction.outcome == "skipped_terminal"
-    assert prediction.why.startswith("cancelled") and "job is cancelled" in prediction.why
+    """What the operator handles before the request decides its outcome: a pending
+    cancel, a lost cluster past the job's budget. A copy of the rules that looked at the
+    state alone would say `rescheduled` for both of these running jobs."""
+    job, clusters = running_job(annotations={names.CANCEL_ANNOTATION: "stop"})
+    cancelled = bulk.predict(job, clusters, TOKEN, False, NOW)
+    assert cancelled.outcome == "skipped_terminal"
+    assert cancelled.why.startswith("cancelled") and "then job is cancelled" in cancelled.why
+    job, _ = running_job(max_auto_reschedules=0)
+    lost = bulk.predict(job, [], TOKEN, False, NOW)
+    assert lost.outcome == "skipped_terminal"
+    assert "job-executor-1 was deleted" in lost.why and "then job is failed" in lost.why
 
 
 def test_predict_reports_a_token_already_handled() -> None:
-    job = make_job(**{**RUNNING, "reschedule": record(previous="failed", force=True)})
-    prediction = bulk.predict(job, TOKEN, True, NOW)
+    job, clusters = running_job(reschedule=record(previous="failed", force=True))
+    prediction = bulk.predict(job, clusters, TOKEN, True, NOW)
     assert prediction == bulk.Prediction(
         "rescheduled", "already handled with this token (was failed; forced)", True
     )
 
 
 def test_predict_writes_nothing_to_the_job() -> None:
-    job = make_job(**RUNNING)
+    job, clusters = running_job()
     before = job.model_copy(deep=True)
-    bulk.predict(job, TOKEN, True, NOW)
+    bulk.predict(job, clusters, TOKEN, True, NOW)
     assert job == before
 
 
