@@ -45,6 +45,9 @@ class Cluster:
     kubeconfig: Path
     kubectl: str
     server_pids: dict[str, int] = field(default_factory=dict)  # apiserver, etcd
+    # Who the operator and the simulator run as (default: `kubeconfig`'s user).
+    operator_kubeconfig: Path | None = None
+    simulator_kubeconfig: Path | None = None
 
     def kubectl_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -172,10 +175,12 @@ class Bench:
         self.control: Api | None = None  # watches, /metrics, lists
         self.http: aiohttp.ClientSession | None = None  # the operator's endpoints
         self.metrics_port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if plan.source_tree:
             paths = [plan.source_tree, env.get("PYTHONPATH", "")]
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        operator_config = cluster.operator_kubeconfig or cluster.kubeconfig
+        simulator_config = cluster.simulator_kubeconfig or cluster.kubeconfig
         namespaces = [plan.namespace, plan.idle_namespace]
         self.operator = ManagedProcess(
             "operator",
@@ -189,7 +194,7 @@ class Bench:
                 "127.0.0.1",
                 *plan.operator_args,
             ),
-            env,
+            {**env, "KUBECONFIG": str(operator_config)},
             workdir / "operator.log",
         )
         self.simulator = ManagedProcess(
@@ -205,7 +210,7 @@ class Bench:
                 "--seed",
                 "6",
             ),
-            env,
+            {**env, "KUBECONFIG": str(simulator_config)},
             workdir / "simulator.log",
         )
         self.tracker: JobTracker | None = None

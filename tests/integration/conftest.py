@@ -2,7 +2,11 @@
 
 Each test gets its own namespace, and its own operator and simulator processes
 scoped to it (`-n NAMESPACE`), so tests can stop, kill and restart them freely.
-They are the real `job-operator` program, run as a person would run it.
+They are the real `job-operator` program, run as a person would run it, and as the
+identities a real install gives them (`installed`): the operator as the ServiceAccount
+job-operator-system/job-operator bound by deploy/'s roles, the simulator as
+job-operator-system/executor-simulator bound by deploy/simulator's. Only the harness
+itself (kubectl in the tests, the `kube` fixture) is an administrator.
 """
 
 from __future__ import annotations
@@ -25,7 +29,18 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from job_operator import names
+from testenv.controlplane import Identity
+from tests.deploy_support import (
+    BASE,
+    INSTALL_NAMESPACE,
+    SERVICE_ACCOUNT,
+    SIMULATOR,
+    SIMULATOR_ACCOUNT,
+    Obj,
+    render,
+)
 from tests.helpers import Kube, wait_for
+from tests.identities import IdentityMinter
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_NAMES = (f"{names.JOB_PLURAL}.{names.GROUP}", f"{names.EXECUTOR_PLURAL}.{names.GROUP}")
@@ -74,6 +89,76 @@ def leases(kube: Kube) -> None:
     kube.kubectl_run(
         "wait", "--for=condition=Established", "--timeout=60s", "crd/leases.coordination.k8s.io"
     )
+
+
+OPERATOR_USER = f"system:serviceaccount:{INSTALL_NAMESPACE}:{SERVICE_ACCOUNT}"
+SIMULATOR_USER = f"system:serviceaccount:{INSTALL_NAMESPACE}:{SIMULATOR_ACCOUNT}"
+LEASE_NAME = "job-operator-leader"  # the one the leader-election Role names
+# What of deploy/ the suite installs: who the operator and the simulator are and what they
+# may do. Not the Deployment: the tests run both as processes.
+IDENTITY_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                  "RoleBinding")  # fmt: skip
+
+
+def served_kinds(kube: Kube) -> set[tuple[str, str]]:
+    """(apiVersion, kind) of every resource the cluster serves."""
+    out = kube.kubectl_run("api-resources", "--no-headers").stdout
+    return {(line.split()[-3], line.split()[-1]) for line in out.splitlines() if line.strip()}
+
+
+def apply_identity_objects(kube: Kube, objects: list[Obj]) -> list[Obj]:
+    """Apply the ServiceAccounts and RBAC objects (and their Namespaces) among `objects`,
+    those the cluster serves; return what was applied."""
+    served = served_kinds(kube)
+    chosen = [
+        o for o in objects
+        if o["kind"] in IDENTITY_KINDS and (o["apiVersion"], o["kind"]) in served
+    ]  # fmt: skip
+    for obj in chosen:
+        # Created, not applied: the suite's server takes no server-side apply of a Namespace.
+        name = obj["metadata"]["name"]
+        if (
+            obj["kind"] == "Namespace"
+            and not kube.kubectl_run(
+                "get", "namespace", name, "--ignore-not-found", "-o", "name"
+            ).stdout.strip()
+        ):
+            kube.kubectl_run("create", "namespace", name)
+    rest = [o for o in chosen if o["kind"] != "Namespace"]
+    if rest:
+        kube.kubectl_run(
+            "apply", "--server-side", "--force-conflicts", "-f", "-",
+            input=yaml.safe_dump_all(rest),
+        )  # fmt: skip
+    return chosen
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The identities the operator and the simulator run as, and what deploy/ gave them."""
+
+    operator: Identity
+    simulator: Identity
+    objects: list[Obj]
+
+
+@pytest.fixture(scope="session")
+def installed(
+    kube: Kube, crds: None, leases: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Installed]:
+    """deploy/'s ServiceAccounts and roles for the operator (the cluster-wide install) and
+    the simulator (deploy/simulator) applied, and a token minted for each."""
+    objects = apply_identity_objects(
+        kube, render(kube.kubectl, BASE) + render(kube.kubectl, SIMULATOR)
+    )
+    # Until the suite's server serves RBAC, a role cannot be bound there: its identities
+    # are then administrators (as every client of a cluster without RBAC is).
+    groups = () if any(o["kind"] == "ClusterRole" for o in objects) else ("system:masters",)
+    minter = IdentityMinter(kube, tmp_path_factory.mktemp("identities"))
+    try:
+        yield Installed(minter(OPERATOR_USER, groups), minter(SIMULATOR_USER, groups), objects)
+    finally:
+        minter.cleanup()
 
 
 @dataclass
@@ -186,21 +271,33 @@ class Operator(Process):
         return self.scrape().total("job_operator_errors_total")
 
 
-def job_operator_env(kube: Kube) -> dict[str, str]:
-    return {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "PYTHONUNBUFFERED": "1"}
+def job_operator_env(kubeconfig: Path) -> dict[str, str]:
+    """The environment of a job-operator process that talks to the cluster as `kubeconfig`."""
+    return {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+
+
+def delete_lease(kube: Kube) -> None:
+    kube.kubectl_run(
+        "delete", "leases.coordination.k8s.io", LEASE_NAME, "-n", INSTALL_NAMESPACE,
+        "--ignore-not-found",
+    )  # fmt: skip
 
 
 @pytest.fixture
 def make_operator(
     kube: Kube,
     namespace: str,
-    crds: None,
+    installed: Installed,
     tmp_path: Path,
 ) -> Iterator[Callable[..., Operator]]:
-    """Builds operator processes for the test's namespace (not started)."""
+    """Builds operator processes for the test's namespace (not started). With leader
+    election they share the install's Lease (job-operator-system/job-operator-leader, the
+    one its Role grants), as the Deployment's replicas do; it is deleted after the test."""
     made: list[Operator] = []
+    elects = False
 
     def build(*extra: str, leader_elect: bool = False) -> Operator:
+        nonlocal elects
         port = free_port()
         argv = [
             sys.executable,
@@ -217,18 +314,24 @@ def make_operator(
             *extra,
         ]
         if leader_elect:
+            if not elects:
+                delete_lease(kube)  # one left by another run would hold for its duration
+            elects = True
             argv += [
                 "--lease-namespace",
-                namespace,
+                INSTALL_NAMESPACE,
                 "--lease-duration",
                 "4",
                 "--identity",
-                f"replica-{len(made)}",
+                f"{namespace}-replica-{len(made)}",
             ]
         else:
             argv.append("--no-leader-elect")
         op = Operator(
-            argv, job_operator_env(kube), tmp_path / f"operator-{len(made)}.log", metrics_port=port
+            argv,
+            job_operator_env(installed.operator.kubeconfig),
+            tmp_path / f"operator-{len(made)}.log",
+            metrics_port=port,
         )
         made.append(op)
         return op
@@ -236,6 +339,8 @@ def make_operator(
     yield build
     for op in made:
         op.stop()
+    if elects:
+        delete_lease(kube)
 
 
 @pytest.fixture
@@ -248,9 +353,8 @@ def operator(make_operator: Callable[..., Operator]) -> Operator:
 
 @pytest.fixture
 def make_simulator(
-    kube: Kube,
     namespace: str,
-    crds: None,
+    installed: Installed,
     tmp_path: Path,
 ) -> Iterator[Callable[..., Process]]:
     made: list[Process] = []
@@ -271,7 +375,11 @@ def make_simulator(
             "7",
             *extra,
         ]
-        sim = Process(argv, job_operator_env(kube), tmp_path / f"simulator-{len(made)}.log")
+        sim = Process(
+            argv,
+            job_operator_env(installed.simulator.kubeconfig),
+            tmp_path / f"simulator-{len(made)}.log",
+        )
         made.append(sim)
         return sim
 

@@ -21,6 +21,7 @@ from bench.harness import Cluster, Plan, executors_path
 from bench.run import run_all, server_pids
 from bench.tracker import jobs_path
 from tests.helpers import Kube
+from tests.integration.conftest import Installed
 
 JOBS = 20
 RATE = 10.0
@@ -34,10 +35,17 @@ def idle_namespace(namespace: str) -> str:
 
 
 @pytest.fixture
-def cluster(kube: Kube) -> Cluster:
+def cluster(kube: Kube, installed: Installed) -> Cluster:
+    """The session's cluster; the operator and the simulator as their installed identities."""
     control_plane = kube.control_plane
     pids = server_pids(control_plane.data_dir) if control_plane is not None else {}
-    return Cluster(Path(kube.kubeconfig), kube.kubectl, pids)
+    return Cluster(
+        Path(kube.kubeconfig),
+        kube.kubectl,
+        pids,
+        operator_kubeconfig=installed.operator.kubeconfig,
+        simulator_kubeconfig=installed.simulator.kubeconfig,
+    )
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "job_operator", *args],
-        env=env or job_operator_env(kube),
+        env=env or job_operator_env(kube.kubeconfig),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -161,7 +161,7 @@ def test_cancel_command(kube: Kube, jobs: Jobs, operator: Operator, simulator: P
 def test_kubectl_plugin(kube: Kube, jobs: Jobs, operator: Operator, simulator: Process) -> None:
     jobs.create("plugged")
     jobs.wait_state("plugged", "completed")
-    env = job_operator_env(kube)
+    env = job_operator_env(kube.kubeconfig)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     # kubectl finds `kubectl-reschedule` on PATH; flags can't precede a plugin's name,
     # so the cluster comes from $KUBECONFIG.

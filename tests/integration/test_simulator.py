@@ -19,7 +19,7 @@ import pytest
 
 from job_operator import names
 from tests.helpers import Kube, wait_for
-from tests.integration.conftest import Jobs, Process, job_operator_env
+from tests.integration.conftest import Installed, Jobs, Process, job_operator_env
 
 OUTCOME = names.SIMULATE_OUTCOME_ANNOTATION
 RUN_SECONDS = names.SIMULATE_RUN_SECONDS_ANNOTATION
@@ -28,17 +28,19 @@ TIMEOUT = 30.0
 
 @pytest.fixture
 def start_simulator(
-    kube: Kube, namespace: str, crds: None, tmp_path: Path
+    namespace: str, installed: Installed, tmp_path: Path
 ) -> Iterator[Callable[..., Process]]:
-    """Starts simulator processes for the test's namespace; all are stopped afterwards."""
+    """Starts simulator processes for the test's namespace, as the simulator's identity;
+    all are stopped afterwards."""
     made: list[Process] = []
+    kubeconfig = installed.simulator.kubeconfig
 
     def start(*extra: str) -> Process:
         argv = [
-            sys.executable, "-m", "job_operator.simulator", "--kubeconfig", str(kube.kubeconfig),
+            sys.executable, "-m", "job_operator.simulator", "--kubeconfig", str(kubeconfig),
             "-n", namespace, "--provision-seconds", "0.2", "--run-seconds", "0.5", *extra,
         ]  # fmt: skip
-        sim = Process(argv, job_operator_env(kube), tmp_path / f"simulator-{len(made)}.log")
+        sim = Process(argv, job_operator_env(kubeconfig), tmp_path / f"simulator-{len(made)}.log")
         made.append(sim)
         sim.start()
         return sim
