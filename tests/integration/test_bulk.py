@@ -86,7 +86,7 @@ class Identity:
 
 @pytest.fixture
 def cli_identity(kube: Kube, namespace: str) -> Identity:
-    env = job_operator_env(kube)
+    env = job_operator_env(kube.kubeconfig)
     cp = kube.control_plane
     if cp is None or cp.audit_log is None:
         return Identity(None, env)
@@ -274,7 +274,7 @@ def test_without_an_operator_only_max_in_flight_requests_are_written(
         manifest["metadata"]["labels"] = {TEAM_LABEL: "idle"}
     create_all(jobs, manifests)
     proc = run_cli(
-        job_operator_env(kube), "reschedule", "-n", jobs.namespace, "-l", "team=idle",
+        job_operator_env(kube.kubeconfig), "reschedule", "-n", jobs.namespace, "-l", "team=idle",
         "--max-in-flight", "2", "--timeout", "3",
     )  # fmt: skip
     assert proc.returncode == 4, proc.stderr
@@ -291,7 +291,7 @@ def test_without_an_operator_only_max_in_flight_requests_are_written(
 
 def test_empty_selection_and_name_with_selection_are_refused(kube: Kube, jobs: Jobs) -> None:
     jobs.create("only")
-    env = job_operator_env(kube)
+    env = job_operator_env(kube.kubeconfig)
     ns = ("-n", jobs.namespace)
     for args, says in (
         (ns, "no jobs selected"),
@@ -420,7 +420,7 @@ def test_forced_run_asks_on_a_terminal_and_names_what_it_forced(
         jobs.create(name)
     for name in ("done-a", "done-b"):
         jobs.wait_state(name, "completed")
-    env = job_operator_env(kube)
+    env = job_operator_env(kube.kubeconfig)
     command = ("reschedule", "-n", jobs.namespace, "--state", "completed", "--force")
     # No terminal, no --yes: refused, nothing written.
     refused = run_cli(env, *command)
