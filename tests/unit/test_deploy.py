@@ -41,6 +41,8 @@ from tests.deploy_support import (
     wildcards,
 )
 
+API_SERVICE_ACCOUNT = "job-operator-api"
+
 # Built-in resources the manifests grant access to, and whether they are namespaced.
 # (The project's own come from the rendered CRDs' scope.)
 BUILTIN_SCOPE = {
@@ -121,6 +123,12 @@ def test_base_has_everything_an_install_needs(base: list[Obj]) -> None:
             ("Deployment", "job-operator"),
             ("Service", "job-operator-metrics"),
             ("PodDisruptionBudget", "job-operator"),
+            ("ServiceAccount", "job-operator-api"),
+            ("ClusterRole", "job-operator-api"),
+            ("ClusterRoleBinding", "job-operator-api"),
+            ("Deployment", "job-operator-api"),
+            ("Service", "job-operator-api"),
+            ("PodDisruptionBudget", "job-operator-api"),
         ]
     )
 
@@ -272,15 +280,49 @@ def test_no_wildcards_or_non_resource_urls(rendered: list[Obj]) -> None:
 
 
 def test_bindings_name_the_operator_service_account(rendered: list[Obj]) -> None:
-    """Every binding of the install is the operator's (the user roles are aggregated)."""
+    """Every binding of the install is the operator's, or the HTTP API's read-only one
+    (the user roles are aggregated)."""
     bindings = find(rendered, "RoleBinding") + find(rendered, "ClusterRoleBinding")
     assert bindings
     for binding in bindings:
-        assert binding["subjects"] == [
-            {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": INSTALL_NAMESPACE}
-        ]
         ref = binding["roleRef"]
-        assert find(rendered, ref["kind"], ref["name"]), ref
+        (role,) = find(rendered, ref["kind"], ref["name"])
+        account = binding["subjects"][0]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": INSTALL_NAMESPACE}
+        ]
+        assert account in (SERVICE_ACCOUNT, API_SERVICE_ACCOUNT)
+        if account == API_SERVICE_ACCOUNT:
+            assert role["rules"] == [
+                {
+                    "apiGroups": ["job-operator.dev"],
+                    "resources": ["jobs"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ]
+
+
+def test_the_api_runs_as_its_own_read_only_account_hardened_as_the_operator(
+    rendered: list[Obj],
+) -> None:
+    api = one(rendered, "Deployment", "job-operator-api")
+    pod = api["spec"]["template"]["spec"]
+    assert api["spec"]["replicas"] == 2
+    assert pod["serviceAccountName"] == API_SERVICE_ACCOUNT
+    assert (
+        pod["securityContext"]
+        == deployment(rendered)["spec"]["template"]["spec"]["securityContext"]
+    )
+    (c,) = pod["containers"]
+    assert c["securityContext"] == container(rendered)["securityContext"]
+    assert "--tls-cert-file=/etc/job-operator-api/tls/tls.crt" in c["args"]
+    assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    budget = one(rendered, "PodDisruptionBudget", "job-operator-api")
+    service = one(rendered, "Service", "job-operator-api")
+    labels = api["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert not (deployment(rendered)["spec"]["selector"]["matchLabels"].items() <= labels.items())
 
 
 def namespaced_resource(base: list[Obj], group: str, resource: str) -> bool:

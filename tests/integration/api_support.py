@@ -1,0 +1,103 @@
+"""The HTTP API as the tests run it: the real `job-operator api` program as a process,
+and a small HTTP client for it (a caller with a bearer token)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import Kube, wait_for
+from tests.integration.conftest import Process, free_port, job_operator_env
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Api(Process):
+    """A `job-operator api` process on a loopback port."""
+
+    port: int = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ready(self) -> bool:
+        if not self.running():
+            raise AssertionError(f"the API exited:\n{self.log()[-3000:]}")
+        try:
+            return self.call("GET", "/readyz").status == 200
+        except OSError:
+            return False
+
+    def start_and_wait(self) -> None:
+        self.start()
+        wait_for(self.ready, timeout=60, description="the API's /readyz")
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 90.0,
+    ) -> Answer:
+        """One request; any status is an answer (only a connection failure raises)."""
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        request = urllib.request.Request(self.url(path), data=data, method=method, headers=sent)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, got, content = response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            status, got, content = error.code, dict(error.headers), error.read()
+        try:
+            parsed: Any = json.loads(content)
+        except ValueError:
+            parsed = content.decode(errors="replace")
+        return Answer(status, got, parsed)
+
+
+def api_argv(port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "job_operator", "api",
+        "--address", "127.0.0.1", "--port", str(port), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def make_api(kube: Kube, crds: None, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    """Builds API processes (not started); `kubeconfig` is the server's own identity."""
+    made: list[Api] = []
+
+    def build(*extra: str, kubeconfig: Path | None = None) -> Api:
+        port = free_port()
+        env = job_operator_env(kube)
+        if kubeconfig is not None:
+            env["KUBECONFIG"] = str(kubeconfig)
+        api = Api(api_argv(port, *extra), env, tmp_path / f"api-{len(made)}.log", port=port)
+        made.append(api)
+        return api
+
+    yield build
+    for api in made:
+        api.stop()
