@@ -21,7 +21,7 @@ from tests.integration.conftest import Process, free_port, job_operator_env
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: Any
 
 
@@ -67,14 +67,14 @@ class Api(Process):
         request = urllib.request.Request(self.url(path), data=data, method=method, headers=sent)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                status, got, content = response.status, dict(response.headers), response.read()
+                status, got, content = response.status, response.headers, response.read()
         except urllib.error.HTTPError as error:
-            status, got, content = error.code, dict(error.headers), error.read()
+            status, got, content = error.code, error.headers, error.read()
         try:
             parsed: Any = json.loads(content)
         except ValueError:
             parsed = content.decode(errors="replace")
-        return Answer(status, got, parsed)
+        return Answer(status, {k.lower(): v for k, v in got.items()}, parsed)
 
 
 def api_argv(port: int, *extra: str) -> list[str]:

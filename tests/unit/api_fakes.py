@@ -68,9 +68,6 @@ class FakeCluster:
     async def whoami(self, token: str) -> str:
         return self._user(token)[0]
 
-    async def may_patch_job(self, token: str, namespace: str, name: str) -> bool:
-        return self._user(token)[1]
-
     async def get_job(self, token: str, namespace: str, name: str) -> dict[str, Any]:
         self._user(token)
         return copy.deepcopy(self._raw(namespace, name))
@@ -92,11 +89,13 @@ class FakeCluster:
         user, may = self._user(token)
         if not may:
             raise ApiException(status=403, reason=f'User "{user}" cannot patch resource "jobs"')
-        raw = self._raw(namespace, name)
+        raw = self._raw(namespace, name)  # after authorisation, as the API server does
         try:
             patched = jsonpatch.apply_patch(raw, operations)
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as error:
             raise ApiException(status=422, reason=str(error)) from None
+        if patched == raw:  # a no-op, as the API server treats it: nothing written
+            return copy.deepcopy(raw)
         self.version += 1
         patched["metadata"]["resourceVersion"] = str(self.version)
         self.jobs[(namespace, name)] = patched

@@ -24,7 +24,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from job_operator import names, views
+from job_operator import views
 from job_operator.api import metrics, plan
 from job_operator.api.middleware import BodyLimit, Instrumented
 from job_operator.api.models import (
@@ -53,7 +53,6 @@ class Caller(Protocol):
     """Kubernetes calls made with the caller's token (passthrough.CallerClient)."""
 
     async def whoami(self, token: str) -> str: ...
-    async def may_patch_job(self, token: str, namespace: str, name: str) -> bool: ...
     async def get_job(self, token: str, namespace: str, name: str) -> dict[str, Any]: ...
     async def patch_job(
         self,
@@ -262,17 +261,23 @@ def create_app(
         return JSONResponse(result, headers={"Idempotency-Key": token})
 
     async def read_job(namespace: str, name: str, uid: str | None, token: str, user: str) -> Job:
-        """The job as the server reads it; 404 if gone or (by uid) replaced. By name, 403
-        rather than 404 for a caller who may not write there (a name reveals nothing)."""
+        """The job as the server reads it; 404 if gone or (by uid) replaced. By name, the
+        API server says 403 rather than 404 to a caller who may not write there."""
         try:
             job = await reader.get_job(namespace, name)
         except NotFound:
-            if uid is None and not await as_caller(caller.may_patch_job(token, namespace, name)):
-                raise forbidden(user, namespace, name) from None
+            if uid is None:
+                await may_write(token, namespace, name, "", user)
             raise ApiError(404, missing(namespace, name, uid)) from None
         if uid is not None and job.metadata.uid != uid:
             raise ApiError(404, missing(namespace, name, uid))
         return job
+
+    async def may_write(token: str, namespace: str, name: str, uid: str, user: str) -> None:
+        """A patch that changes nothing, as the caller: 401/403 (or 404) unless they may."""
+        await as_caller(
+            caller.patch_job(token, namespace, name, plan.same_job(uid), plan.field_manager(user))
+        )
 
     async def reschedule(
         request: Request,
@@ -349,13 +354,10 @@ def create_app(
         namespace, name = job.metadata.namespace or "", job.metadata.name
         for _ in range(WRITE_ATTEMPTS):
             chosen = plan.plan(job, request_token, force)
-            if chosen.patch is None:
-                if not await as_caller(caller.may_patch_job(token, namespace, name)):
-                    raise forbidden(user, namespace, name)
-                return job, chosen
+            operations = chosen.patch or plan.same_job(job.metadata.uid)
             try:
                 raw = await as_caller(
-                    caller.patch_job(token, namespace, name, chosen.patch, plan.field_manager(user))
+                    caller.patch_job(token, namespace, name, operations, plan.field_manager(user))
                 )
             except ApiException as error:
                 if error.status != 422:  # a `test` failed: the job changed; read it again
@@ -364,7 +366,7 @@ def create_app(
                     ) from None
                 job = await read_job(namespace, name, uid or job.metadata.uid, token, user)
                 continue
-            return Job.model_validate(raw), chosen
+            return (Job.model_validate(raw) if chosen.patch else job), chosen
         raise ApiError(
             503,
             f"job {namespace}/{name} kept changing under the write; try again",
@@ -499,15 +501,6 @@ def missing(namespace: str, name: str, uid: str | None) -> str:
     if uid is None:
         return f"job {namespace}/{name} not found"
     return f"no job with uid {uid} (it was deleted; {namespace}/{name} is another job now or none)"
-
-
-def forbidden(user: str, namespace: str, name: str) -> ApiError:
-    who = user or "the caller"
-    return ApiError(
-        403,
-        f"{who} may not patch {names.JOB_PLURAL}.{names.GROUP} {name!r} in namespace "
-        f"{namespace!r} (write access to jobs is needed to reschedule)",
-    )
 
 
 @contextlib.asynccontextmanager

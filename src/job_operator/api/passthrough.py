@@ -106,29 +106,6 @@ class CallerClient:
         user = (review.get("status") or {}).get("userInfo") or {}
         return str(user.get("username") or "")
 
-    async def may_patch_job(self, token: str, namespace: str, name: str) -> bool:
-        """Whether the caller may patch the job (a SelfSubjectAccessReview): the check for
-        answers that write nothing, so they too need write access."""
-        review = await self.call(
-            token,
-            "POST",
-            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-            {
-                "apiVersion": "authorization.k8s.io/v1",
-                "kind": "SelfSubjectAccessReview",
-                "spec": {
-                    "resourceAttributes": {
-                        "group": names.GROUP,
-                        "resource": names.JOB_PLURAL,
-                        "verb": "patch",
-                        "namespace": namespace,
-                        "name": name,
-                    }
-                },
-            },
-        )
-        return bool((review.get("status") or {}).get("allowed"))
-
     async def get_job(self, token: str, namespace: str, name: str) -> dict[str, Any]:
         return await self.call(token, "GET", job_path(namespace, name))
 

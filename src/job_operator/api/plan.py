@@ -72,9 +72,7 @@ def patch_for(job: Job, token: str, force: bool) -> list[dict[str, Any]]:
     wanted = {names.RESCHEDULE_ANNOTATION: token}
     if force:
         wanted[names.RESCHEDULE_FORCE_ANNOTATION] = token
-    operations: list[dict[str, Any]] = [
-        {"op": "test", "path": pointer("metadata", "uid"), "value": job.metadata.uid}
-    ]
+    operations = same_job(job.metadata.uid)
     if not job.metadata.annotations:
         operations += [
             {
@@ -90,6 +88,13 @@ def patch_for(job: Job, token: str, force: bool) -> list[dict[str, Any]]:
         for key, value in wanted.items()
     ]
     return operations
+
+
+def same_job(uid: str) -> list[dict[str, Any]]:
+    """A patch that only tests the job's uid: alone, it changes nothing, but the API server
+    still authorises it as a `patch` by the caller — how an answer that writes nothing (a
+    repeated Idempotency-Key) is allowed only to those who may write."""
+    return [{"op": "test", "path": pointer("metadata", "uid"), "value": uid}]
 
 
 def handled(job: Job, token: str) -> RescheduleRecord | None:

@@ -140,7 +140,8 @@ class JobIndex:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # an expired or broken watch: list again
-                log.info("job watch ended (%s); listing again", error)
+                reason = getattr(error, "status", None) or type(error).__name__
+                log.info("the watch of jobs ended (%s); listing them again", reason)
                 await asyncio.sleep(RELIST_DELAY_SECONDS)
 
     async def relist(self) -> dict[str | None, str]:
