@@ -14,8 +14,13 @@ from typing import Any
 
 import pytest
 
+from testenv.controlplane import Identity
+from tests.deploy_support import INSTALL_NAMESPACE
 from tests.helpers import Kube, wait_for
-from tests.integration.conftest import Process, free_port, job_operator_env
+from tests.identities import IdentityMinter
+from tests.integration.conftest import Installed, Process, free_port, job_operator_env
+
+API_USER = f"system:serviceaccount:{INSTALL_NAMESPACE}:job-operator-api"
 
 
 @dataclass(frozen=True)
@@ -84,16 +89,32 @@ def api_argv(port: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def rbac_served(installed: Installed) -> bool:
+    """Whether deploy/'s roles could be installed (else every identity is an admin)."""
+    return any(o["kind"] == "ClusterRole" for o in installed.objects)
+
+
+def groups_of(installed: Installed) -> tuple[str, ...]:
+    """The groups of a minted identity: none, unless the server serves no RBAC yet (then
+    nothing could be granted, and only administrators may act)."""
+    return () if rbac_served(installed) else ("system:masters",)
+
+
 @pytest.fixture
-def make_api(kube: Kube, crds: None, tmp_path: Path) -> Iterator[Callable[..., Api]]:
-    """Builds API processes (not started); `kubeconfig` is the server's own identity."""
+def api_identity(installed: Installed, mint_identity: IdentityMinter) -> Identity:
+    """The API's own identity: deploy/'s ServiceAccount job-operator-api (read-only)."""
+    return mint_identity(API_USER, groups_of(installed))
+
+
+@pytest.fixture
+def make_api(kube: Kube, api_identity: Identity, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    """Builds API processes (not started), running as `api_identity` unless another
+    `kubeconfig` is given."""
     made: list[Api] = []
 
     def build(*extra: str, kubeconfig: Path | None = None) -> Api:
         port = free_port()
-        env = job_operator_env(kube)
-        if kubeconfig is not None:
-            env["KUBECONFIG"] = str(kubeconfig)
+        env = job_operator_env(kubeconfig or api_identity.kubeconfig)
         api = Api(api_argv(port, *extra), env, tmp_path / f"api-{len(made)}.log", port=port)
         made.append(api)
         return api

@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-import yaml
 
 from job_operator import names
 from testenv.controlplane import Identity
 from tests.helpers import Kube
 from tests.identities import IdentityMinter
-from tests.integration.api_support import Api, make_api
-from tests.integration.conftest import Jobs, Operator, Process
+from tests.integration.api_support import (
+    Api,
+    api_identity,
+    groups_of,
+    make_api,
+    rbac_served,
+)
+from tests.integration.conftest import Installed, Jobs, Operator, Process
 
-__all__ = ["make_api"]  # the fixture, for pytest
-
-API_RBAC = Path(__file__).resolve().parents[2] / "deploy" / "base" / "api-rbac.yaml"
-
-
-def rbac_enforced(kube: Kube) -> bool:
-    found = kube.kubectl_run("api-resources", "--api-group=rbac.authorization.k8s.io", "-o", "name")
-    return "rolebindings" in found.stdout
+__all__ = ["api_identity", "make_api"]  # fixtures, for pytest
 
 
 def whoami_served(kube: Kube) -> bool:
@@ -37,46 +34,38 @@ def whoami_served(kube: Kube) -> bool:
     return kube.kubectl_run("auth", "whoami", check=False).returncode == 0
 
 
-def bind(kube: Kube, namespace: str, role: str, account: str, cluster_role: bool = True) -> None:
-    """A RoleBinding of `role` (a ClusterRole) to the service account, in `namespace`."""
-    if rbac_enforced(kube):
-        kube.kubectl_run(
-            "create", "rolebinding", f"{account}-{role}", "-n", namespace,
-            f"--clusterrole={role}", f"--serviceaccount={namespace}:{account}",
-        )  # fmt: skip
+def bind(kube: Kube, namespace: str, role: str, account: str) -> None:
+    """A RoleBinding of the ClusterRole `role` to the service account, in `namespace`."""
+    kube.kubectl_run(
+        "create", "rolebinding", f"{account}-{role}", "-n", namespace,
+        f"--clusterrole={role}", f"--serviceaccount={namespace}:{account}",
+    )  # fmt: skip
 
 
 @pytest.fixture
-def user(kube: Kube, mint_identity: IdentityMinter, namespace: str) -> Callable[[str], Identity]:
-    # Until the suite's server enforces RBAC, only system:masters may do anything there.
-    groups = () if rbac_enforced(kube) or kube.control_plane is None else ("system:masters",)
+def user(
+    kube: Kube, installed: Installed, mint_identity: IdentityMinter, namespace: str
+) -> Callable[[str, str], Identity]:
+    """A caller: a service account of the test's namespace bound to a user role."""
 
-    def make(account: str) -> Identity:
-        return mint_identity(f"system:serviceaccount:{namespace}:{account}", groups)
+    def make(account: str, role: str) -> Identity:
+        made = mint_identity(f"system:serviceaccount:{namespace}:{account}", groups_of(installed))
+        if rbac_served(installed):
+            bind(kube, namespace, role, account)
+        return made
 
     return make
 
 
 @pytest.fixture
-def editor(kube: Kube, namespace: str, user: Callable[[str], Identity]) -> Identity:
-    made = user("alice")
-    bind(kube, namespace, "job-operator-edit", "alice")
-    return made
+def editor(user: Callable[[str, str], Identity]) -> Identity:
+    return user("alice", "job-operator-edit")
 
 
 @pytest.fixture
-def api(
-    kube: Kube, namespace: str, user: Callable[[str], Identity], make_api: Callable[..., Api]
-) -> Api:
-    """The API under its own read-only identity (deploy/'s role, bound in this namespace)."""
-    own = user("job-operator-api")
-    if rbac_enforced(kube):
-        (role,) = [
-            d for d in yaml.safe_load_all(API_RBAC.read_text()) if d["kind"] == "ClusterRole"
-        ]
-        kube.kubectl_run("apply", "-f", "-", input=yaml.safe_dump(role))
-        bind(kube, namespace, "job-operator-api", "job-operator-api")
-    made = make_api("-n", namespace, kubeconfig=own.kubeconfig)
+def api(make_api: Callable[..., Api], namespace: str) -> Api:
+    """The API for the test's namespace, under deploy/'s read-only identity."""
+    made = make_api("-n", namespace)
     made.start_and_wait()
     return made
 
