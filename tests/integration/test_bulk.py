@@ -27,7 +27,8 @@ import yaml
 
 from job_operator import names
 from tests.helpers import Kube, wait_for
-from tests.integration.conftest import Jobs, Operator, Process, job_operator_env
+from tests.identities import IdentityMinter
+from tests.integration.conftest import HANG, REPO, Jobs, Operator, Process, job_operator_env
 
 # How the simulator ends each attempt, for each state a job of the fleet is to be in
 # (a cancelled job hangs until it is cancelled).
@@ -76,23 +77,55 @@ def summary_of(lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @dataclass
-class Identity:
-    """Who the CLI runs as, and its environment: a client certificate of its own on the
-    suite's API server (so its requests can be told apart in the audit log)."""
+class Cli:
+    """Who the CLI runs as: an identity of its own, so that its requests can be told apart
+    in the audit log (`user` None: no audit log, on an external cluster). `rbac`: bound in
+    the test's namespace to one of the roles deploy/ ships for users."""
 
     user: str | None
     env: dict[str, str]
+    rbac: bool
+
+
+def serves_rbac(kube: Kube) -> bool:
+    found = kube.kubectl_run("api-resources", "--api-group=rbac.authorization.k8s.io", "-o", "name")
+    return "clusterroles" in found.stdout
+
+
+def cli_as(kube: Kube, namespace: str, mint_identity: IdentityMinter, role: str) -> Cli:
+    """A service account bound to the ClusterRole `role` (from deploy/) in `namespace`.
+
+    Where the API server has no RBAC (the suite's own, until it serves it), everyone but
+    `system:masters` may do nothing: the editor is then in that group, the viewer not."""
+    account = role.removeprefix("job-operator-")
+    rbac = serves_rbac(kube)
+    if rbac:
+        kube.kubectl_run("apply", "-f", str(REPO / "deploy" / "base" / "user-roles.yaml"))
+        identity = mint_identity(f"system:serviceaccount:{namespace}:{account}")
+        kube.kubectl_run(
+            "create", "rolebinding", account, "-n", namespace, f"--clusterrole={role}",
+            f"--serviceaccount={namespace}:{account}",
+        )  # fmt: skip
+    elif role == "job-operator-edit":
+        identity = mint_identity(f"{account}-{namespace}", ["system:masters"])
+    else:
+        identity = mint_identity(f"{account}-{namespace}")
+    env = job_operator_env(identity.kubeconfig)
+    cp = kube.control_plane
+    audited = cp is not None and cp.audit_log is not None
+    return Cli(identity.name if audited else None, env, rbac)
 
 
 @pytest.fixture
-def cli_identity(kube: Kube, namespace: str) -> Identity:
-    env = job_operator_env(kube.kubeconfig)
-    cp = kube.control_plane
-    if cp is None or cp.audit_log is None:
-        return Identity(None, env)
-    user = f"bulk-cli-{namespace}"
-    env["KUBECONFIG"] = str(cp.make_kubeconfig(user, ["system:masters"]))
-    return Identity(user, env)
+def editor(kube: Kube, namespace: str, mint_identity: IdentityMinter) -> Cli:
+    """Who may reschedule in the namespace: `edit` (job-operator-edit)."""
+    return cli_as(kube, namespace, mint_identity, "job-operator-edit")
+
+
+@pytest.fixture
+def viewer(kube: Kube, namespace: str, mint_identity: IdentityMinter) -> Cli:
+    """Who may only read there: `view` (job-operator-view), no `patch` on jobs."""
+    return cli_as(kube, namespace, mint_identity, "job-operator-view")
 
 
 def audit_events(kube: Kube, user: str) -> list[dict[str, Any]]:
@@ -111,12 +144,14 @@ def audit_events(kube: Kube, user: str) -> list[dict[str, Any]]:
 
 
 def request_patches(kube: Kube, user: str) -> list[dict[str, Any]]:
-    """`user`'s writes of jobs (their request annotations), as the audit log has them."""
+    """`user`'s writes of jobs (their request annotations) that took effect, as the audit
+    log has them (a request cut off by an interrupted client ends in 504, unwritten)."""
     return [
         e
         for e in audit_events(kube, user)
         if e["verb"] == "patch"
         and e.get("stage") == "ResponseComplete"
+        and e["responseStatus"]["code"] == 200
         and (e.get("objectRef") or {}).get("resource") == names.JOB_PLURAL
         and not (e.get("objectRef") or {}).get("subresource")
     ]
@@ -190,20 +225,18 @@ def fleet(jobs: Jobs, operator: Operator, simulator: Process) -> dict[str, dict[
 
 
 def test_selection_dry_run_predicts_the_run_within_max_in_flight(
-    kube: Kube, jobs: Jobs, fleet: dict[str, dict[str, str]], cli_identity: Identity
+    kube: Kube, jobs: Jobs, fleet: dict[str, dict[str, str]], editor: Cli
 ) -> None:
     ns = jobs.namespace
     red = {n for n, lab in fleet.items() if lab[TEAM_LABEL] == "red"}
     # A selector picks exactly its subset; --state and --type narrow it on top.
-    dry = run_cli(
-        cli_identity.env, "reschedule", "-n", ns, "-l", "team=red", "--dry-run", "-o", "json"
-    )
+    dry = run_cli(editor.env, "reschedule", "-n", ns, "-l", "team=red", "--dry-run", "-o", "json")
     assert dry.returncode == 0, dry.stderr
     dry_lines = json_lines(dry.stdout)
     predicted = job_lines(dry_lines)
     assert set(predicted) == red
     narrow = run_cli(
-        cli_identity.env, "reschedule", "-n", ns, "-l", "team=red", "--state", "failed,completed",
+        editor.env, "reschedule", "-n", ns, "-l", "team=red", "--state", "failed,completed",
         "--type", "compact-table", "--dry-run", "-o", "json",
     )  # fmt: skip
     assert narrow.returncode == 0, narrow.stderr
@@ -225,13 +258,13 @@ def test_selection_dry_run_predicts_the_run_within_max_in_flight(
     assert all(
         (j["status"].get("reschedule") or {}).get("request") != token for j in all_jobs(jobs)
     )
-    if cli_identity.user is not None:
-        verbs = {e["verb"] for e in audit_events(kube, cli_identity.user)}
+    if editor.user is not None:
+        verbs = {e["verb"] for e in audit_events(kube, editor.user)}
         assert verbs and verbs <= READ_VERBS, verbs
 
     # The run: every red job handled, as predicted, never more than 3 waiting at once.
     run = run_cli(
-        cli_identity.env, "reschedule", "-n", ns, "-l", "team=red", "--max-in-flight", "3",
+        editor.env, "reschedule", "-n", ns, "-l", "team=red", "--max-in-flight", "3",
         "-o", "json",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -250,8 +283,8 @@ def test_selection_dry_run_predicts_the_run_within_max_in_flight(
         assert items[name]["status"]["reschedule"]["request"] == token
     for name in set(fleet) - red:
         assert names.RESCHEDULE_ANNOTATION not in items[name]["metadata"].get("annotations", {})
-    if cli_identity.user is not None:
-        patches = request_patches(kube, cli_identity.user)
+    if editor.user is not None:
+        patches = request_patches(kube, editor.user)
         assert Counter(p["objectRef"]["name"] for p in patches) == Counter(red)
         waiting = [
             (
@@ -335,7 +368,7 @@ class Lines:
 
 
 def test_interrupted_run_resumes_with_the_same_token_each_job_once(
-    kube: Kube, jobs: Jobs, operator: Operator, simulator: Process, cli_identity: Identity
+    kube: Kube, jobs: Jobs, operator: Operator, simulator: Process, editor: Cli
 ) -> None:
     """Failed jobs, forced: some fail again when run (still `failed`, selected again),
     others then hang (now `running`: they left the selection). Interrupted after a few,
@@ -356,7 +389,7 @@ def test_interrupted_run_resumes_with_the_same_token_each_job_once(
     )  # fmt: skip
     first = subprocess.Popen(
         cli_argv(*command),
-        env=cli_identity.env,
+        env=editor.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
@@ -377,7 +410,7 @@ def test_interrupted_run_resumes_with_the_same_token_each_job_once(
     handled_first = count - len(interrupted["not_handled"])
     assert 4 <= handled_first < count
 
-    second = run_cli(cli_identity.env, *command, "--token", token)
+    second = run_cli(editor.env, *command, "--token", token)
     assert second.returncode == 0, second.stderr
     summary = summary_of(json_lines(second.stdout))
     assert summary["selected"] == count
@@ -392,8 +425,8 @@ def test_interrupted_run_resumes_with_the_same_token_each_job_once(
         assert jobs.event_reasons(name).count("Rescheduled") == 1, name
         manual = [h for h in job["status"].get("history", []) if h["reason"] == "Rescheduled"]
         assert len(manual) == 1, (name, job["status"]["history"])
-    if cli_identity.user is not None:
-        patches = request_patches(kube, cli_identity.user)
+    if editor.user is not None:
+        patches = request_patches(kube, editor.user)
         assert Counter(p["objectRef"]["name"] for p in patches) == Counter(
             m["metadata"]["name"] for m in manifests
         )
@@ -460,3 +493,38 @@ def test_forced_run_asks_on_a_terminal_and_names_what_it_forced(
     assert f"{jobs.namespace}/done-b (completed)" in forced
     for name in ("done-a", "done-b"):
         assert jobs.status(name)["reschedule"]["force"] is True
+
+
+def test_a_viewer_is_refused_for_each_job_and_nothing_is_written(
+    kube: Kube, jobs: Jobs, operator: Operator, simulator: Process, viewer: Cli
+) -> None:
+    """Without `patch` on jobs: each job's request refused by the API server, exit
+    status 5, nothing written. A dry run needs only reading: a viewer may preview. (On
+    an API server without RBAC, the viewer may not even list: refused at once.)"""
+    manifests = [jobs.manifest(f"ro-{i}", annotations=HANG) for i in range(4)]
+    create_all(jobs, manifests)
+    wait_states(jobs, {m["metadata"]["name"]: "running" for m in manifests})
+    command = ("reschedule", "-n", jobs.namespace, "--all", "-o", "json")
+    proc = run_cli(viewer.env, *command)
+    assert proc.returncode == 5, proc.stderr
+    if viewer.rbac:
+        lines = json_lines(proc.stdout)
+        refused = job_lines(lines)
+        assert set(refused) == {m["metadata"]["name"] for m in manifests}
+        for name, line in refused.items():
+            assert line["outcome"] == "forbidden", line
+            assert f'cannot patch resource "jobs" in API group "{names.GROUP}"' in line["detail"]
+            assert name in line["detail"]
+        assert len(summary_of(lines)["failures"]) == len(manifests)
+        preview = run_cli(viewer.env, *command, "--dry-run")
+        assert preview.returncode == 0, preview.stderr
+        outcomes = {line["outcome"] for line in job_lines(json_lines(preview.stdout)).values()}
+        assert outcomes == {"rescheduled"}
+    else:
+        (refusal,) = proc.stderr.splitlines()
+        assert refusal.startswith(f'job-operator: forbidden: User "{viewer.user}" cannot list')
+    for job in all_jobs(jobs):
+        assert names.RESCHEDULE_ANNOTATION not in job["metadata"].get("annotations", {})
+    if viewer.user is not None:
+        written = [e for e in audit_events(kube, viewer.user) if e["verb"] not in READ_VERBS]
+        assert all(e["responseStatus"]["code"] == 403 for e in written), written
