@@ -1,9 +1,9 @@
 """Fixtures: the cluster (``kube``), a fresh namespace per test (``namespace``), and users
 with credentials of their own (``mint_identity``, see tests/identities.py).
 
-By default the session starts its own API server (testenv.controlplane, audit
-log on). With ``JOB_OPERATOR_TEST_KUBECONFIG=1`` it uses the cluster ``$KUBECONFIG`` names
-(kind, a real cluster) and the ``kubectl`` on PATH instead.
+By default the session starts its own API server (testenv.controlplane, audit log on:
+``AUDIT_POLICY``). With ``JOB_OPERATOR_TEST_KUBECONFIG=1`` it uses the cluster
+``$KUBECONFIG`` names (kind, a real cluster) and the ``kubectl`` on PATH instead.
 """
 
 from __future__ import annotations
@@ -26,6 +26,21 @@ from tests.helpers import Kube
 from tests.identities import IdentityMinter
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+# Every request at level Metadata (who did what to which object), and ExecutorCluster
+# creations at level Request: with the object, so a storm's clusters can be followed to
+# their jobs and attempts (tests.invariants.ClusterLedger).
+AUDIT_POLICY = f"""\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+rules:
+- level: Request
+  verbs: [create]
+  resources:
+  - group: {GROUP}
+    resources: [{EXECUTOR_PLURAL}]
+- level: Metadata
+"""
 
 # Namespaced custom resources the ``namespace`` fixture deletes (when their CRD exists and
 # is namespaced) before it deletes the namespace; finalizers left on them are removed, so
@@ -56,7 +71,7 @@ def kube() -> Iterator[Kube]:
         yield Kube(kubeconfig=_external_kubeconfig(), kubectl=shutil.which("kubectl") or "kubectl")
         return
     try:
-        control_plane = ControlPlane(ensure_built(), audit=True)
+        control_plane = ControlPlane(ensure_built(), audit=True, audit_policy=AUDIT_POLICY)
     except ControlPlaneError as e:
         pytest.fail(f"could not build the control plane: {e}", pytrace=False)
     # SIGTERM (CI's time limit, a terminal closed) as an interrupt: pytest then still runs

@@ -1,12 +1,17 @@
-"""Storms of reschedule requests over many jobs, for the resilience tests."""
+"""Storms of reschedule requests over many jobs, for the resilience tests; and what
+watches them: the clusters' ledger during the storm, the events after it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from job_operator import names
@@ -14,7 +19,7 @@ from job_operator.kube import Kube as Api
 from job_operator.kube import NotFound, retry_transient
 from tests.helpers import Kube, async_wait_for
 from tests.integration.conftest import HANG
-from tests.invariants import Snapshot
+from tests.invariants import ClusterLedger, Snapshot, late_request_events
 
 
 @dataclass
@@ -120,12 +125,91 @@ class Storm:
     async def snapshot(self) -> Snapshot:
         jobs = await self.list_custom(names.JOB_PLURAL)
         executors = await self.list_custom(names.EXECUTOR_PLURAL)
-        events = await retry_transient(lambda: self.api.core.list_namespaced_event(self.namespace))
-        return Snapshot(
-            jobs=jobs,
-            executors=executors,
-            events=[self.api.api.sanitize_for_serialization(e) for e in events.items],
+        events, _ = await self.events()
+        return Snapshot(jobs=jobs, executors=executors, events=events)
+
+    async def events(self) -> tuple[list[dict[str, Any]], str]:
+        """The namespace's events, and the list's resourceVersion."""
+        listed = await retry_transient(lambda: self.api.core.list_namespaced_event(self.namespace))
+        items = [self.api.api.sanitize_for_serialization(e) for e in listed.items]
+        return items, listed.metadata.resource_version
+
+    async def late_request_events(self, settled: Snapshot, grace: float) -> list[str]:
+        """Request events that appear within `grace` seconds after `settled`, when every
+        request had its one event: a watch that ends at the first such event, or at the
+        deadline; then a last listing, for what came before the watch started (the test
+        server's event watch starts from now, whatever resourceVersion it is given)."""
+        events, resource_version = await self.events()
+        late = late_request_events(settled.events, events)
+        if late:
+            return late
+        # A raw watch (the response, unread): the test server's event store takes
+        # `watch=true` only as written, not the client's `True`.
+        core: Any = self.api.core
+        response: aiohttp.ClientResponse = await core.list_namespaced_event(
+            self.namespace,
+            watch="true",
+            resource_version=resource_version,
+            timeout_seconds=max(int(grace), 1),
+            _preload_content=False,
         )
+        try:
+            async with asyncio.timeout(grace + 30):
+                async for line in response.content:
+                    change = json.loads(line)
+                    if change.get("type") in ("ADDED", "MODIFIED"):
+                        late += late_request_events(settled.events, [change["object"]])
+                    if late:
+                        return late
+        finally:
+            response.release()
+        events, _ = await self.events()
+        return late_request_events(settled.events, events)
+
+
+class AuditTail:
+    """The audit log's events as the API server appends them (whole lines only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def read(self) -> list[dict[str, Any]]:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        whole = data[: data.rfind(b"\n") + 1]
+        self.offset += len(whole)
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
+
+
+@contextlib.asynccontextmanager
+async def cluster_ledger(
+    kube: Kube, namespace: str, interval: float = 0.2
+) -> AsyncIterator[ClusterLedger | None]:
+    """Follow the namespace's ExecutorClusters through the audit log while the body runs
+    (from now on), checking `ClusterLedger`'s rule at every creation as it is logged.
+    None on a cluster other than the suite's own (no audit log to read)."""
+    control_plane = kube.control_plane
+    if control_plane is None or control_plane.audit_log is None:
+        yield None
+        return
+    tail = AuditTail(control_plane.audit_log)
+    ledger = ClusterLedger(namespace)
+
+    async def follow() -> None:
+        while True:
+            ledger.follow(tail.read())
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(follow())
+    try:
+        yield ledger
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        ledger.follow(tail.read())
 
 
 async def during(work: Awaitable[None], chaos: Callable[[], Awaitable[None]]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from job_operator import core, names
 from job_operator.models import Job
-from tests.invariants import Snapshot, check_invariants
+from tests.invariants import ClusterLedger, Snapshot, check_invariants, late_request_events
 
 UID = "11111111-1111-4111-8111-111111111111"
 
@@ -126,3 +126,96 @@ def test_each_breach_is_reported(breach: Any) -> None:
     breach(snapshot)
     report = check_invariants(snapshot, TOKENS)
     assert not report and report.violations
+
+
+# --- the ledger of clusters, from audit events -------------------------------------------
+
+NS = "storm"
+
+
+def audit(verb: str, name: str, code: int, attempt: int = 1, uid: str = UID) -> dict[str, Any]:
+    """An audit event (ResponseComplete) about an ExecutorCluster in NS."""
+    event: dict[str, Any] = {
+        "stage": "ResponseComplete",
+        "verb": verb,
+        "objectRef": {
+            "resource": names.EXECUTOR_PLURAL,
+            "apiGroup": names.GROUP,
+            "namespace": NS,
+            "name": name,
+        },
+        "responseStatus": {"code": code},
+    }
+    if verb == "create":
+        event["requestObject"] = {"spec": {"jobRef": {"name": "a", "uid": uid}, "attempt": attempt}}
+    return event
+
+
+def ledger_of(*events: dict[str, Any]) -> ClusterLedger:
+    ledger = ClusterLedger(NS)
+    ledger.follow(events)
+    return ledger
+
+
+def test_a_reschedule_handover_is_no_breach() -> None:
+    ledger = ledger_of(
+        audit("create", "e1", 201, attempt=1),
+        audit("create", "e2", 201, attempt=2),  # made before the status write names it
+        audit("delete", "e1", 200),  # the one left behind, deleted after
+        audit("create", "e3", 201, attempt=3),
+        audit("create", "other", 201, attempt=1, uid="another job"),
+    )
+    assert ledger.violations() == []
+
+
+def test_two_live_clusters_for_one_attempt_are_reported() -> None:
+    ledger = ledger_of(
+        audit("create", "e1", 201, attempt=2),
+        audit("create", "e2", 201, attempt=2),
+        audit("delete", "e1", 200),  # the duplicate cleaned up later: still a breach
+    )
+    assert len(ledger.violations()) == 1
+
+
+def test_a_cluster_for_an_older_attempt_than_a_live_one_is_reported() -> None:
+    ledger = ledger_of(audit("create", "e2", 201, attempt=2), audit("create", "e1", 201))
+    assert len(ledger.violations()) == 1
+
+
+def test_a_create_cut_short_counts_once_seen() -> None:
+    killed = audit("create", "e1", 504)  # stored, but its client was killed
+    again = audit("create", "e2", 201)
+    assert ledger_of(killed, again).violations() == []  # e1 may not exist
+    assert len(ledger_of(killed, again, audit("get", "e1", 200)).violations()) == 1
+    assert len(ledger_of(killed, again, audit("delete", "e1", 200)).violations()) == 1
+    listed = ledger_of(killed, again)
+    listed.agrees_with([{"metadata": {"name": "e1"}}, {"metadata": {"name": "e2"}}])
+    assert len(listed.violations()) == 1
+
+
+def test_refused_requests_change_nothing() -> None:
+    ledger = ledger_of(
+        audit("create", "e1", 201),
+        audit("create", "e1", 409),
+        audit("delete", "e1", 404),
+        audit("create", "e2", 422),
+    )
+    assert list(ledger.clusters) == ["e1"] and ledger.clusters["e1"].deleted is None
+
+
+def test_the_ledger_checks_itself_against_a_listing() -> None:
+    ledger = ledger_of(audit("create", "e1", 201), audit("create", "e2", 201, uid="b"))
+    assert ledger.agrees_with([{"metadata": {"name": "e1"}}, {"metadata": {"name": "e2"}}]) == []
+    assert ledger.agrees_with([{"metadata": {"name": "e1"}}])  # e2 vanished unseen
+    assert ledger.agrees_with([{"metadata": {"name": "e1"}}, {"metadata": {"name": "x"}}])
+
+
+def test_a_late_request_event_is_reported() -> None:
+    settled = healthy().events
+    assert late_request_events(settled, settled) == []
+    again = {**settled[0], "count": 2}  # the same event posted again
+    assert late_request_events(settled, [again])
+    other = {**settled[0], "metadata": {"name": "a.second"}}  # another name, same request
+    assert late_request_events(settled, [other])
+    unrelated = {**other, "reason": "ExecutorLost"}
+    assert late_request_events(settled, [unrelated]) == []
