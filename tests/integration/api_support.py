@@ -122,3 +122,44 @@ def make_api(kube: Kube, api_identity: Identity, tmp_path: Path) -> Iterator[Cal
     yield build
     for api in made:
         api.stop()
+
+
+def whoami_served(kube: Kube) -> bool:
+    """Whether the server answers SelfSubjectReviews (the API learns the caller's name so)."""
+    return kube.kubectl_run("auth", "whoami", check=False).returncode == 0
+
+
+def bind(kube: Kube, namespace: str, role: str, account: str) -> None:
+    """A RoleBinding of the ClusterRole `role` to the service account, in `namespace`."""
+    kube.kubectl_run(
+        "create", "rolebinding", f"{account}-{role}", "-n", namespace,
+        f"--clusterrole={role}", f"--serviceaccount={namespace}:{account}",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def user(
+    kube: Kube, installed: Installed, mint_identity: IdentityMinter, namespace: str
+) -> Callable[[str, str], Identity]:
+    """A caller: a service account of the test's namespace bound to a user role."""
+
+    def make(account: str, role: str) -> Identity:
+        made = mint_identity(f"system:serviceaccount:{namespace}:{account}", groups_of(installed))
+        if rbac_served(installed):
+            bind(kube, namespace, role, account)
+        return made
+
+    return make
+
+
+@pytest.fixture
+def editor(user: Callable[[str, str], Identity]) -> Identity:
+    return user("alice", "job-operator-edit")
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api], namespace: str) -> Api:
+    """The API for the test's namespace, under deploy/'s read-only identity."""
+    made = make_api("-n", namespace)
+    made.start_and_wait()
+    return made

@@ -118,9 +118,28 @@ async def as_caller(call: Awaitable[T]) -> T:
             ) from None
         if error.status == 403:
             raise ApiError(403, str(error.reason)) from None
-        if error.status in (429,) or (error.status or 0) >= 500:
+        if error.status == 429 or (error.status or 0) >= 500:
             raise unavailable(f"HTTP {error.status}") from None
-        raise
+        if error.status == 422:  # a failed `test` of a patch: the caller decides
+            raise
+        raise ApiError(502, f"the Kubernetes API server refused: {error.reason}") from None
+    except (TimeoutError, OSError, aiohttp.ClientError) as error:
+        raise unavailable(type(error).__name__) from None
+
+
+async def as_server(call: Awaitable[T]) -> T:
+    """A read with the server's own identity; NotFound passes. A refusal means the server
+    is installed without its role: 503, and the reason, for whoever installs it."""
+    try:
+        return await call
+    except ApiException as error:
+        if error.status in (401, 403):
+            raise ApiError(
+                503,
+                f"this server's own identity may not read jobs ({error.reason}); "
+                "is its role (deploy/, job-operator-api) bound?",
+            ) from None
+        raise unavailable(f"HTTP {error.status}") from None
     except (TimeoutError, OSError, aiohttp.ClientError) as error:
         raise unavailable(type(error).__name__) from None
 
@@ -133,6 +152,7 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
         403: "The caller may not do this (reschedule: RBAC `patch` on jobs.job-operator.dev).",
         404: "No such job (or no such route).",
         413: "Body too large.",
+        502: "The Kubernetes API server refused the request for another reason.",
         422: "Invalid input: an unknown field, a wrong type, a path or header out of range, "
         "or an Idempotency-Key used before with another `force`.",
         429: "Too many requests waiting for the operator; try again after Retry-After.",
@@ -263,8 +283,10 @@ def create_app(
     async def read_job(namespace: str, name: str, uid: str | None, token: str, user: str) -> Job:
         """The job as the server reads it; 404 if gone or (by uid) replaced. By name, the
         API server says 403 rather than 404 to a caller who may not write there."""
+        if not index.serves(namespace):
+            raise ApiError(404, f"this server serves jobs of {index.namespaces} only")
         try:
-            job = await reader.get_job(namespace, name)
+            job = await as_server(reader.get_job(namespace, name))
         except NotFound:
             if uid is None:
                 await may_write(token, namespace, name, "", user)
@@ -359,11 +381,7 @@ def create_app(
                 raw = await as_caller(
                     caller.patch_job(token, namespace, name, operations, plan.field_manager(user))
                 )
-            except ApiException as error:
-                if error.status != 422:  # a `test` failed: the job changed; read it again
-                    raise ApiError(
-                        502, f"the Kubernetes API server refused the write: {error.reason}"
-                    ) from None
+            except ApiException:  # 422: a `test` failed, the job changed; read it again
                 job = await read_job(namespace, name, uid or job.metadata.uid, token, user)
                 continue
             return (Job.model_validate(raw) if chosen.patch else job), chosen

@@ -80,6 +80,9 @@ class JobIndex:
         self.waiting = 0
         self.synced = asyncio.Event()
 
+    def serves(self, namespace: str) -> bool:
+        return self.namespaces == [None] or namespace in self.namespaces
+
     def locate(self, uid: str) -> JobKey | None:
         return self.by_uid.get(uid)
 
