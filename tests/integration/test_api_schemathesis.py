@@ -22,7 +22,7 @@ from tests.integration.conftest import Jobs
 __all__ = ["api", "api_identity", "editor", "make_api", "user"]  # fixtures, for pytest
 
 EXAMPLES = 25
-BUDGET_SECONDS = 90
+BUDGET_SECONDS = 60
 
 
 def test_the_served_document_is_valid_openapi(api: Api) -> None:
