@@ -454,7 +454,9 @@ class Report:
                 "already_handled": target.already_handled,
                 "in_flight": in_flight,
             },
-            f"{target.key}: {target.outcome} ({target.detail})",
+            f"{target.key}: {target.outcome} ({target.detail}"
+            + ("; by an earlier run" if target.already_handled else "")
+            + ")",
         )
 
     def summary(self, summary: Summary) -> None:

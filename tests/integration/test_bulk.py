@@ -297,19 +297,19 @@ def test_selection_dry_run_predicts_the_run_within_max_in_flight(
         assert summary["max_in_flight"] <= 3
 
 
-def test_without_an_operator_only_max_in_flight_requests_are_written(
-    kube: Kube, jobs: Jobs
+def test_without_an_operator_only_max_in_flight_requests_are_written_then_resumed(
+    kube: Kube, jobs: Jobs, make_operator: Callable[..., Operator], editor: Cli
 ) -> None:
-    """No operator handles anything here: the run writes --max-in-flight requests, waits
-    for them until --timeout, and lists every job as not handled."""
+    """No operator handles anything at first: the run writes --max-in-flight requests,
+    waits for them until --timeout, and lists every job as not handled. Resumed with the
+    token once an operator runs, it only waits for the two already written, and writes
+    the rest: one write per job in all."""
     manifests = [jobs.manifest(f"idle-{i}") for i in range(6)]
     for manifest in manifests:
         manifest["metadata"]["labels"] = {TEAM_LABEL: "idle"}
     create_all(jobs, manifests)
-    proc = run_cli(
-        job_operator_env(kube.kubeconfig), "reschedule", "-n", jobs.namespace, "-l", "team=idle",
-        "--max-in-flight", "2", "--timeout", "3",
-    )  # fmt: skip
+    command = ("reschedule", "-n", jobs.namespace, "-l", "team=idle", "--max-in-flight", "2")
+    proc = run_cli(editor.env, *command, "--timeout", "3")
     assert proc.returncode == 4, proc.stderr
     token = proc.stdout.split()[1].rstrip(":")
     annotated = [
@@ -320,6 +320,36 @@ def test_without_an_operator_only_max_in_flight_requests_are_written(
     assert len(annotated) == 2
     assert "not handled in time: 6:" in proc.stdout
     assert f"--token {token}" in proc.stdout
+
+    # Resumed before an operator runs (it has listed the jobs: its first line is out), so
+    # the two written are still waiting when it classifies them.
+    resumed = subprocess.Popen(
+        cli_argv(*command, "--token", token, "-o", "json"),
+        env=editor.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        output = Lines(resumed)
+        output.until(lambda seen: len(seen) >= 1, "the resumed run's first line")
+        make_operator().start_and_wait()
+        assert resumed.wait(120) == 0
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    lines = [json.loads(x) for x in output.until(lambda seen: '"summary"' in seen[-1], "summary")]
+    assert summary_of(lines)["outcomes"] == {"rescheduled": 6}
+    assert summary_of(lines)["already_handled"] == 0
+    assert all(line["in_flight"] <= 2 for line in job_lines(lines).values())
+    for job in all_jobs(jobs):
+        assert job["status"]["reschedule"]["request"] == token
+    if editor.user is not None:
+        patches = request_patches(kube, editor.user)
+        assert Counter(p["objectRef"]["name"] for p in patches) == Counter(
+            m["metadata"]["name"] for m in manifests
+        )
 
 
 def test_empty_selection_and_name_with_selection_are_refused(kube: Kube, jobs: Jobs) -> None:
