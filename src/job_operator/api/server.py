@@ -103,7 +103,7 @@ async def serve(args: argparse.Namespace) -> None:
                 ssl_keyfile=args.tls_key_file if tls else None,
                 access_log=args.access_log,
                 log_config=None,  # the process's logging, as configured by the CLI
-                timeout_graceful_shutdown=10,
+                timeout_graceful_shutdown=30,
             )
             log.info(
                 "serving the job-operator API on %s://%s:%d",
