@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from job_operator import names
 from testenv.controlplane import Identity
@@ -20,10 +23,11 @@ from tests.integration.api_support import (
     api_identity,
     editor,
     make_api,
+    rbac_served,
     user,
     whoami_served,
 )
-from tests.integration.conftest import Jobs, Operator, Process
+from tests.integration.conftest import Installed, Jobs, Operator, Process
 
 __all__ = ["api", "api_identity", "editor", "make_api", "user"]  # fixtures, for pytest
 
@@ -169,3 +173,75 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(
     assert api.call("POST", "/v1/jobs/not-a-uuid/reschedule", editor.token).status == 422
     annotations = jobs.get("nightly")["metadata"].get("annotations") or {}
     assert names.RESCHEDULE_ANNOTATION not in annotations
+
+
+# --- who may: RBAC enforced by the API server ------------------------------------------------
+
+
+def job_writes(kube: Kube, namespace: str, name: str) -> list[tuple[str, int]]:
+    """(user, status) of every write of the job itself (not its status) in the audit log."""
+    assert kube.control_plane is not None and kube.control_plane.audit_log is not None
+    found = []
+    for line in kube.control_plane.audit_log.read_text().splitlines():
+        event: dict[str, Any] = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (
+            event.get("stage") == "ResponseComplete"
+            and event.get("verb") in ("patch", "update")
+            and (ref.get("resource"), ref.get("namespace"), ref.get("name"))
+            == (names.JOB_PLURAL, namespace, name)
+            and not ref.get("subresource")
+        ):
+            found.append((event["user"]["username"], event["responseStatus"]["code"]))
+    return found
+
+
+@pytest.fixture
+def viewer(user: Callable[[str, str], Identity], installed: Installed) -> Identity:
+    if not rbac_served(installed):
+        pytest.skip("the server serves no RBAC: every identity is an administrator")
+    return user("bob", "job-operator-view")
+
+
+def refused_to(viewer: Identity, api: Api, jobs: Jobs) -> None:
+    """The viewer's reschedule is refused (403, the API server's reason) and not written;
+    reading is theirs."""
+    path = f"/v1/namespaces/{jobs.namespace}/jobs/nightly/reschedule"
+    for headers in ({}, {"Idempotency-Key": "k1"}):
+        answer = api.call("POST", path, viewer.token, {"force": True}, headers=headers)
+        assert answer.status == 403, answer
+        assert viewer.name in answer.body["error"] and "patch" in answer.body["error"]
+    annotations = jobs.get("nightly")["metadata"].get("annotations") or {}
+    assert names.RESCHEDULE_ANNOTATION not in annotations
+    assert (
+        api.call("GET", f"/v1/namespaces/{jobs.namespace}/jobs/nightly", viewer.token).status == 200
+    )
+
+
+def test_a_reader_is_403_and_nothing_is_written(
+    api: Api, jobs: Jobs, viewer: Identity, kube: Kube
+) -> None:
+    jobs.create("nightly")
+    refused_to(viewer, api, jobs)
+    if kube.control_plane is not None:
+        writes = job_writes(kube, jobs.namespace, "nightly")
+        assert writes and {code for _, code in writes} == {403}, writes  # refused, recorded
+        assert {who for who, _ in writes} == {viewer.name}
+
+
+def test_the_write_never_falls_back_to_the_servers_own_identity(
+    make_api: Callable[..., Api], jobs: Jobs, viewer: Identity, kube: Kube, editor: Identity
+) -> None:
+    """Even a server that runs as an administrator writes nothing for a viewer, or for a
+    request without a token: the write is the caller's, or none."""
+    admin_run = make_api("-n", jobs.namespace, kubeconfig=kube.kubeconfig)
+    admin_run.start_and_wait()
+    jobs.create("nightly")
+    refused_to(viewer, admin_run, jobs)
+    path = f"/v1/namespaces/{jobs.namespace}/jobs/nightly/reschedule?wait=false"
+    assert admin_run.call("POST", path).status == 401
+    assert admin_run.call("POST", path, "not-a-token").status == 401
+    assert admin_run.call("POST", path, editor.token).status == 202  # the editor's own write
+    if kube.control_plane is not None:
+        writes = job_writes(kube, jobs.namespace, "nightly")
+        assert {(who, code) for who, code in writes if code < 400} == {(editor.name, 200)}
