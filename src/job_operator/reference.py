@@ -1,10 +1,11 @@
 """Renders docs/reference.md, the user's reference, from the code it describes.
 
 Fields come from the CRDs (`crd.py`, itself rendered from the models), annotations and
-labels from `names.py`, metrics from the collectors the package defines, the command
-line from its argparse parser. What the code cannot say (what an annotation is for,
-when an event is posted) is written here, next to the check that it still matches the
-code: an undocumented name, or prose about a name the code no longer has, is an error.
+labels from `names.py`, metrics from `metrics.py`, events from every `Event(...)` the
+package builds, the command line from its argparse parser. What the code cannot say (what
+an annotation is for, when an event is posted) is written here, next to the check that it
+still matches the code: an undocumented name, or prose about a name the code no longer
+has, is an error (condition reasons: each must still be a string in the code).
 
 `python -m job_operator.reference` (`make reference`) rewrites docs/reference.md; a
 unit test proves the committed file is exactly this rendering.
@@ -13,6 +14,7 @@ unit test proves the committed file is exactly this rendering.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -429,8 +431,66 @@ def conditions_section() -> str:
     )
 
 
+def strings_of(node: ast.expr, function: ast.AST, where: str) -> set[str]:
+    """The strings an expression can be: a literal, either branch of `a if c else b`, or a
+    local variable's (every string assigned to it in `function`)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.IfExp):
+        return strings_of(node.body, function, where) | strings_of(node.orelse, function, where)
+    if isinstance(node, ast.Name):
+        values = [
+            assign.value
+            for assign in ast.walk(function)
+            if isinstance(assign, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == node.id for t in assign.targets)
+        ]
+        if values:
+            return set().union(*(strings_of(v, function, where) for v in values))
+    raise ReferenceError(
+        f"{where}: cannot tell which strings {ast.unparse(node)} can be; build the Event with "
+        "literal strings, or a local variable assigned them"
+    )
+
+
+def events_in_code() -> dict[str, set[str]]:
+    """Each event reason the package posts, with its types: read from every
+    `Event(type, reason, ...)` it builds."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(SOURCE_DIR.rglob("*.py")):
+        if path.name == "reference.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for call in ast.walk(function):
+                if not (isinstance(call, ast.Call) and len(call.args) >= 2):
+                    continue
+                called = call.func
+                name = called.id if isinstance(called, ast.Name) else getattr(called, "attr", "")
+                if name != "Event":
+                    continue
+                where = f"{path.relative_to(SOURCE_DIR.parent)}:{call.lineno}"
+                types = strings_of(call.args[0], function, where)
+                for reason in strings_of(call.args[1], function, where):
+                    found.setdefault(reason, set()).update(types)
+    return found
+
+
 def events_section() -> str:
-    require_in_source("event reasons", list(EVENTS))
+    posted = events_in_code()
+    documented = {reason: {type_} for reason, (type_, _) in EVENTS.items()}
+    differ = {
+        reason: (sorted(posted.get(reason, ())), sorted(documented.get(reason, ())))
+        for reason in posted.keys() | documented.keys()
+        if posted.get(reason) != documented.get(reason)
+    }
+    if differ:
+        raise ReferenceError(
+            "events (reason: types posted, types documented) that the code and EVENTS in "
+            f"src/job_operator/reference.py disagree on: {differ}"
+        )
     rows = [(f"`{reason}`", type_, when) for reason, (type_, when) in EVENTS.items()]
     return (
         "## Events\n\nPosted on the Job (`kubectl describe ojob NAME`) by `job-operator`. "

@@ -3,8 +3,11 @@ names exactly the tree: neither can go stale unnoticed."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
+
+import pytest
 
 from job_operator import reference
 
@@ -75,3 +78,20 @@ def test_document_links_stay_in_the_repo_and_resolve() -> None:
             if not resolved.is_relative_to(REPO) or not resolved.exists():
                 broken.append(f"{document.relative_to(REPO)}: {target}")
     assert not broken, f"links to nothing in the repo: {broken}"
+
+
+def event_reasons_of(source: str) -> set[str]:
+    function = ast.parse(source).body[0]
+    call = next(n for n in ast.walk(function) if isinstance(n, ast.Call))
+    return reference.strings_of(call.args[1], function, "test")
+
+
+def test_event_reasons_are_read_from_literals_branches_and_local_variables() -> None:
+    assert event_reasons_of('def f():\n    Event("Normal", "A", m, k)') == {"A"}
+    assert event_reasons_of('def f():\n    Event("Normal", "A" if x else "B", m, k)') == {"A", "B"}
+    source = (
+        'def f():\n    r = "A" if x else "B"\n    if y:\n        r = "C"\n    Event("W", r, m, k)'
+    )
+    assert event_reasons_of(source) == {"A", "B", "C"}
+    with pytest.raises(reference.ReferenceError, match="cannot tell"):
+        event_reasons_of('def f(reason):\n    Event("Normal", reason, m, k)')
