@@ -205,7 +205,7 @@ async def get(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from job_operator.operator import OperatorConfig
+    from job_operator.controller import OperatorConfig
     from job_operator.process import run_process
 
     if args.kubeconfig:

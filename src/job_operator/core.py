@@ -499,13 +499,6 @@ def handle_requests(job: Job, now: datetime) -> Decision:
     return decision
 
 
-def reconcile(job: Job, now: datetime) -> Decision:
-    """What a job's own change asks for: a first status, then its pending requests."""
-    started = job.model_copy(update={"status": initialise(job, now).status})
-    decision = handle_requests(started, now)
-    return decision
-
-
 def dispatch_due(job: Job, now: datetime) -> timedelta | None:
     """None if the job needs no dispatch; else how long to wait (zero: dispatch now)."""
     status = job.status
@@ -691,56 +684,6 @@ def initialise(job: Job, now: datetime) -> Decision:
             }
         )
     )
-
-
-def is_dangling(
-    executor: ExecutorCluster, job: Job | None, grace: timedelta, now: datetime
-) -> bool:
-    """An ExecutorCluster nobody will use: its job is gone or has moved past it.
-
-    A cluster newer than the job's attempt is a dispatch in flight (created, status
-    not yet written); it is dangling only once older than `grace`.
-    """
-    if job is None or job.metadata.uid != executor.spec.job_ref.uid:
-        return True
-    if job.status.executor == executor.metadata.name:
-        return False
-    if executor.spec.attempt <= job.status.attempt:
-        return True
-    created = executor.metadata.creation_timestamp
-    if created is None:
-        return False
-    return now - parse_time(created) > grace and dispatch_due(job, now) is None
-
-
-def executor_event_is_quiet(
-    executor: ExecutorCluster,
-    job: Job | None,
-    grace: timedelta,
-    now: datetime,
-    *,
-    deleted: bool = False,
-) -> bool:
-    """An executor event that needs nothing: a cluster seen not yet running (or
-    provisioning) by a job that keeps it, or the deletion of one the job has left.
-
-    Most executor events of a reschedule are such; the operator drops them without
-    queueing anything. `job` may be stale: a quiet executor the job does not name yet is
-    a dispatch in flight, and the deletion of one (an attempt newer than the job's) is
-    not quiet; a left-behind cluster that still exists is dangling, so not quiet either.
-    """
-    if job is None or job.metadata.uid != executor.spec.job_ref.uid:
-        return False
-    if deleted:
-        return (
-            job.status.executor != executor.metadata.name
-            and executor.spec.attempt <= job.status.attempt
-        )
-    if executor.metadata.deletion_timestamp:
-        return False
-    if executor.status.phase not in (None, "Provisioning"):
-        return False
-    return not is_dangling(executor, job, grace, now)
 
 
 def events(

@@ -20,9 +20,8 @@ DISPATCHES = Counter(
 )
 ORPHANS_FOUND = Counter(
     "job_operator_orphans_found_total",
-    "Non-terminal jobs whose ExecutorCluster was deleted or Terminated, by how they were "
-    "found (the watch, or the periodic and start-up sweep).",
-    ["source"],
+    "Non-terminal jobs whose ExecutorCluster was deleted or Terminated (seen by the watch, "
+    "or by the start-up or periodic list of clusters).",
 )
 AUTO_RESCHEDULES = Counter(
     "job_operator_auto_reschedules_total",

@@ -15,9 +15,10 @@ from aiohttp import web
 
 from job_operator import metrics
 from job_operator.cli_support import lease_namespace, run_loop
+from job_operator.controller import OperatorConfig
 from job_operator.kube import Kube
 from job_operator.leader import LeaderElector, LeaseConfig
-from job_operator.operator import OperatorConfig, run_operator
+from job_operator.operator import run_operator
 
 log = logging.getLogger(__name__)
 

@@ -224,7 +224,6 @@ OTHER_EXITS: Final = (
 METRIC_LABEL_VALUES: Final[Mapping[tuple[str, str], str]] = {
     ("job_operator_reschedule_requests", "outcome"): "`rescheduled`, `skipped_terminal`, `invalid`",
     ("job_operator_cancel_requests", "outcome"): "`cancelled`, `skipped_terminal`, `invalid`",
-    ("job_operator_orphans_found", "source"): "`watch`, `sweep`",
     ("job_operator_auto_reschedules", "result"): "`rescheduled`, `failed` (gave up: "
     "`ExecutorLostTooOften`)",
     ("job_operator_errors", "stage"): "`reconcile`; `sweep` (a periodic check that failed); "

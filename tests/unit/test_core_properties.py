@@ -39,7 +39,6 @@ RESCHEDULE = names.RESCHEDULE_ANNOTATION
 FORCE = names.RESCHEDULE_FORCE_ANNOTATION
 CANCEL = names.CANCEL_ANNOTATION
 POLICY = Policy(backoff_base=timedelta(seconds=1), backoff_cap=timedelta(seconds=8))
-GRACE = timedelta(seconds=30)
 PHASES = ("Provisioning", "Running", "Succeeded", "Failed", "Terminated")
 DELETED = "deleted"
 # what happens to the current cluster, weighted towards the job actually running
@@ -368,9 +367,9 @@ class JobWorld(RuleBasedStateMachine):
     @invariant()
     def clusters_the_job_left_are_deleted(self) -> None:
         assert self.existing <= {self.job.status.executor}, "a cluster the job left was kept"
-        for name, executor in self.models.items():
-            dangling = core.is_dangling(executor, self.job, GRACE, self.now)
-            assert dangling is (name != self.job.status.executor), name
+        # Were they all still there, a plan would delete every one but the job's own.
+        planned = core.plan(self.job, list(self.models.values()), self.now, POLICY)
+        assert set(planned.delete) == set(self.models) - {self.job.status.executor}
 
     @invariant()
     def status_round_trips_through_the_api(self) -> None:

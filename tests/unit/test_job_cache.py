@@ -4,7 +4,8 @@ managedFields it never reads."""
 from __future__ import annotations
 
 from job_operator import core, names
-from job_operator.operator import JobCache
+from job_operator.cache import JobCache
+from job_operator.models import Job
 from tests.unit.factories import NOW, make_job, managed_entry
 
 EARLIER, LATER = core.rfc3339(NOW), "2025-03-14T12:05:00Z"
@@ -50,11 +51,22 @@ def test_a_job_comes_back_equal_but_for_managed_fields() -> None:
     assert core.requested_by(back, names.RESCHEDULE_ANNOTATION) == "on-call"
 
 
+def at_version(job: Job, version: str) -> Job:
+    return job.model_copy(
+        update={"metadata": job.metadata.model_copy(update={"resource_version": version})}
+    )
+
+
 def test_the_latest_version_wins_and_forget_drops_it() -> None:
     cache = JobCache()
-    cache.remember(make_job(state="pending"))
-    cache.remember(make_job(state="running", executor="job-executor-1", attempt=1))
     key = ("default", "nightly")
+    assert cache.remember(make_job(state="pending"))
+    assert cache.remember(
+        at_version(make_job(state="running", executor="job-executor-1", attempt=1), "3")
+    )
+    # An older version (a watch event behind our own write) and the same one are not kept.
+    assert not cache.remember(at_version(make_job(state="pending"), "2"))
+    assert not cache.is_new(key, "3") and cache.is_new(key, "4")
     got = cache.get(key)
     assert got is not None and got.status.state == "running"
     assert len(cache) == 1

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from job_operator.operator import WorkQueue
+from job_operator.workqueue import WorkQueue
 
 A, B = ("ns", "a"), ("ns", "b")
 

@@ -1,0 +1,234 @@
+"""The controller: reconciles one job at a time by carrying out what `core.plan` decides.
+
+Level-triggered, as controller-runtime's: watch events only update the caches and queue
+the job's key; a reconcile reads the job and its ExecutorClusters as they are now (from
+the caches), asks `core.plan` for the whole effect and carries it out: create the next
+cluster, compare-and-swap the status on the job's resourceVersion, post the events,
+delete the clusters the job no longer names. On a 409 it reads the job again and plans
+again. Nothing about the past is kept: what a reconcile needs is derived from the objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from job_operator import core, metrics, names
+from job_operator.cache import ClusterCache, JobCache, key_of, owner_of
+from job_operator.kube import Conflict, NotFound
+from job_operator.models import ExecutorCluster, Job, JobStatus
+from job_operator.workqueue import JobKey, WorkQueue
+
+log = logging.getLogger("job_operator")
+CAS_ATTEMPTS = 16
+RETRY_DELAY = 2.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class OperatorConfig:
+    """Settings of one operator process (the CLI's `run` flags)."""
+
+    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
+    policy: core.Policy = field(default_factory=core.Policy)
+    sweep_interval: float = 60.0
+    event_repair_window: timedelta = timedelta(minutes=30)
+    workers: int = 100
+    dangling_grace: timedelta = timedelta(seconds=60)
+    kubeconfig: str | None = None
+
+
+class Api(Protocol):
+    """The API calls the controller makes: `kube.Kube`, or the in-memory double."""
+
+    async def get_job(self, namespace: str, name: str) -> Job: ...
+
+    async def write_job_status(self, job: Job, status: JobStatus) -> Job: ...
+
+    async def create_executor(self, manifest: dict[str, Any]) -> ExecutorCluster: ...
+
+    async def delete_executor(self, namespace: str, name: str) -> bool: ...
+
+    async def post_event(self, job: Job, event: core.Event) -> bool: ...
+
+    def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]: ...
+
+    def executor_pages(
+        self, namespace: str | None = None, label_selector: str = ""
+    ) -> AsyncIterator[list[ExecutorCluster]]: ...
+
+    async def event_names(self, namespace: str | None) -> set[str]: ...
+
+
+class KeptChanging(Exception):
+    """A job changed under every one of CAS_ATTEMPTS writes; it is tried again later."""
+
+
+class Controller:
+    """The caches, the work queue, and the reconcile of one job."""
+
+    def __init__(self, api: Api, config: OperatorConfig) -> None:
+        self.api = api
+        self.config = config
+        self.jobs = JobCache()
+        self.clusters = ClusterCache()
+        self.queue = WorkQueue()
+        # Events whose post failed (an API server restarting): posted again by the sweep.
+        self.unposted: list[tuple[Job, core.Event]] = []
+
+    # --- what the watches report ------------------------------------------------------
+
+    def job_seen(self, job: Job) -> None:
+        if self.jobs.remember(job):
+            self.queue.add(key_of(job))
+
+    def job_deleted(self, key: JobKey) -> None:
+        self.jobs.forget(key)
+        self.queue.add(key)  # its clusters go
+
+    def cluster_seen(self, cluster: ExecutorCluster) -> None:
+        if self.clusters.remember(cluster, time.monotonic()):
+            self.queue.add(owner_of(cluster), urgent=True)
+
+    def cluster_deleted(self, cluster: ExecutorCluster) -> None:
+        if self.clusters.forget(owner_of(cluster), cluster.metadata.name):
+            self.queue.add(owner_of(cluster), urgent=True)
+
+    # --- the reconcile ----------------------------------------------------------------
+
+    async def work(self) -> None:
+        """One of `--workers`: reconcile queued jobs, one at a time, forever.
+
+        On an unexpected error the job is tried again soon: the operator must never
+        stop on one job's data or a passing API failure.
+        """
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                metrics.ERRORS.labels("reconcile").inc()
+                log.error(
+                    "reconciling %s/%s failed (%s); retrying in %.0fs",
+                    key[0],
+                    key[1],
+                    error,
+                    RETRY_DELAY,
+                    exc_info=not isinstance(error, KeptChanging),
+                )
+                self.queue.add_after(key, RETRY_DELAY)
+            finally:
+                self.queue.done(key)
+
+    async def reconcile(self, key: JobKey) -> None:
+        """Bring one job and its clusters up to date.
+
+        The job comes from the cache: each write is a compare-and-swap, so a stale copy
+        costs a 409 and a read, never a wrong write. Deletions planned without a write
+        (clusters the job has left) are made only on a job read just before.
+        """
+        job = self.jobs.get(key)
+        read = job is None
+        if job is None:
+            job = await self.read(key)
+        for _ in range(CAS_ATTEMPTS):
+            if job is None:
+                await self.delete_clusters_of_gone_job(key)
+                return
+            plan = core.plan(job, self.clusters.of(key), utcnow(), self.config.policy)
+            if plan.delete and plan.status is None and not read:
+                job, read = await self.read(key), True
+                continue
+            try:
+                await self.carry_out(job, plan)
+            except Conflict:
+                metrics.CONFLICTS.inc()
+                job, read = await self.read(key), True
+                continue
+            except NotFound:
+                job = None
+                continue
+            if plan.requeue_after is not None:
+                self.queue.add_after(key, plan.requeue_after.total_seconds())
+            return
+        raise KeptChanging(f"job {key[0]}/{key[1]} kept changing; will retry")
+
+    async def read(self, key: JobKey) -> Job | None:
+        """The job as the API server has it now (None if it is gone)."""
+        try:
+            job = await self.api.get_job(*key)
+        except NotFound:
+            self.jobs.forget(key)
+            return None
+        self.jobs.remember(job)
+        return job
+
+    async def carry_out(self, job: Job, plan: core.Plan) -> None:
+        """Create, write (compare-and-swap: Conflict if the job changed), post, delete."""
+        key = key_of(job)
+        if plan.create is not None:
+            try:
+                created = await self.api.create_executor(plan.create)
+            except Conflict:  # an earlier try of this very create landed: the name is fresh
+                created = ExecutorCluster.model_validate(plan.create)
+            self.clusters.remember(created, time.monotonic())
+        if plan.status is not None:
+            job = await self.api.write_job_status(job, plan.status)
+            self.jobs.remember(job)
+            for event in plan.events:
+                if not await self.api.post_event(job, event):
+                    self.unposted.append((job, event))
+        for name in plan.delete:
+            await self.api.delete_executor(key[0], name)
+            self.clusters.forget(key, name)
+        record(job, plan)
+
+    async def delete_clusters_of_gone_job(self, key: JobKey) -> None:
+        for cluster in self.clusters.of(key):
+            log.info("deleting %s/%s: its job is gone", key[0], cluster.metadata.name)
+            if await self.api.delete_executor(key[0], cluster.metadata.name):
+                metrics.DANGLING_DELETED.inc()
+            self.clusters.forget(key, cluster.metadata.name)
+
+
+def record(job: Job, plan: core.Plan) -> None:
+    """Count what a written plan did, for the metrics."""
+    for outcome in plan.outcomes:
+        if outcome.kind == "reschedule":
+            metrics.RESCHEDULE_REQUESTS.labels(outcome.value).inc()
+            if job.status.reschedule is not None:
+                observe_latency(job, job.status.reschedule.handled_at)
+        elif outcome.kind == "cancel":
+            metrics.CANCEL_REQUESTS.labels(outcome.value).inc()
+        elif outcome.kind == "auto_reschedule":
+            metrics.AUTO_RESCHEDULES.labels(outcome.value).inc()
+        elif outcome.kind == "dispatch":
+            metrics.DISPATCHES.inc()
+        elif outcome.kind == "orphan":
+            metrics.ORPHANS_FOUND.inc()
+        elif outcome.kind == "dangling_deleted":
+            metrics.DANGLING_DELETED.inc()
+
+
+def observe_latency(job: Job, handled_at: str) -> None:
+    """From the reschedule annotation's write (managedFields time) to its handling."""
+    times = [
+        str(entry.get("time"))
+        for entry in job.metadata.managed_fields
+        if f"f:{names.RESCHEDULE_ANNOTATION}"
+        in (entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations", {})
+        and entry.get("time")
+    ]
+    if times:
+        latency = core.parse_time(handled_at) - core.parse_time(max(times))
+        metrics.REQUEST_LATENCY.observe(max(latency.total_seconds(), 0.0))
