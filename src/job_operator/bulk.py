@@ -595,6 +595,7 @@ class Run:
                         resource_version=resource_version,
                         allow_watch_bookmarks=True,
                         timeout_seconds=WATCH_SECONDS,
+                        _request_timeout=WATCH_SECONDS + 30,  # a silently dead connection
                     ):
                         resource_version = stream.resource_version or resource_version
                         delay = 0.1

@@ -63,6 +63,18 @@ def run_cli(
     )
 
 
+def start_cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The CLI in the background, its stdout a pipe (read it with Lines)."""
+    return subprocess.Popen(
+        cli_argv(*args),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 def json_lines(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
@@ -330,14 +342,7 @@ def test_without_an_operator_only_max_in_flight_requests_are_written_then_resume
 
     # Resumed before an operator runs (it has listed the jobs: its first line is out), so
     # the two written are still waiting when it classifies them.
-    resumed = subprocess.Popen(
-        cli_argv(*command, "--token", token, "-o", "json"),
-        env=editor.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    resumed = start_cli(editor.env, *command, "--token", token, "-o", "json")
     try:
         output = Lines(resumed)
         output.until(lambda seen: len(seen) >= 1, "the resumed run's first line")
@@ -375,6 +380,18 @@ def test_empty_selection_and_name_with_selection_are_refused(kube: Kube, jobs: J
         assert proc.returncode == 2, (args, proc.stderr)
         assert says in proc.stderr, (args, proc.stderr)
         assert proc.stdout == ""
+    # The same command as a kubectl plugin: `kubectl reschedule` takes a selection too.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    plugin = subprocess.run(
+        [kube.kubectl, "reschedule", "-n", jobs.namespace, "--all", "--dry-run", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert plugin.returncode == 0, plugin.stderr
+    assert set(job_lines(json_lines(plugin.stdout))) == {"only"}
     annotations = jobs.get("only")["metadata"].get("annotations", {})
     assert names.RESCHEDULE_ANNOTATION not in annotations
 
@@ -424,14 +441,7 @@ def test_interrupted_run_resumes_with_the_same_token_each_job_once(
         "reschedule", "-n", jobs.namespace, "--state", "failed", "--force", "--yes",
         "--max-in-flight", "2", "-o", "json",
     )  # fmt: skip
-    first = subprocess.Popen(
-        cli_argv(*command),
-        env=editor.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    first = start_cli(editor.env, *command)
     try:
         lines = Lines(first)
         lines.until(lambda seen: sum('"outcome"' in x for x in seen) >= 4, "4 jobs handled")
