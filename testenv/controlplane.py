@@ -86,6 +86,19 @@ prompt = no
 DIR_MARKER: Final = ".job-operator-controlplane"
 STATE_FILE: Final = "state.json"
 TOKEN_FILE: Final = "tokens.csv"
+# hack/controlplane/: the stand-in CRDs and the default RBAC policy (the server creates it).
+LEASES_CRD: Final = "leases-crd.yaml"
+RBAC_CRDS: Final = "rbac-crds.yaml"
+BOOTSTRAP_POLICY: Final = "bootstrap-policy.yaml"
+STAND_IN_CRDS: Final = (
+    "leases.coordination.k8s.io",
+    "roles.rbac.authorization.k8s.io",
+    "clusterroles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
+)
+# The server's readyz check that passes once it has loaded the RBAC objects.
+POLICY_READY_CHECK: Final = "rbac-policy"
 SERVICE_ACCOUNT_PREFIX: Final = "system:serviceaccount:"
 
 
@@ -344,6 +357,8 @@ class ControlPlane:
         self._etcd: _Process | None = None
         self._apiserver: _Process | None = None
         self._ssl: ssl.SSLContext | None = None
+        # Once the RBAC stand-ins exist, the server is ready only with its policy loaded.
+        self._policy_installed = False
 
     # -- paths --------------------------------------------------------------------------
 
@@ -438,21 +453,27 @@ class ControlPlane:
             raise
 
     def _install_stand_ins(self) -> None:
-        """Serve the built-in APIs the operator needs beyond CRDs: coordination.k8s.io
-        Leases (leader election), by a CRD with the same group, version and fields."""
-        crd = wrapper_dir().parent / "leases-crd.yaml"
-        base: list[str | Path] = [self.kubectl, f"--kubeconfig={self.kubeconfig}"]
-        run_command([*base, "apply", "-f", crd], what="installing the Lease stand-in CRD")
+        """Serve the built-in APIs the operator and the tests need beyond CRDs, by CRDs with
+        the same group, version and fields: coordination.k8s.io Leases (leader election)
+        and rbac.authorization.k8s.io (Roles, ClusterRoles, their bindings); then wait
+        until the server has loaded them and its default policy, and authorises by them."""
+        hack = wrapper_dir().parent
+        base: list[str | Path] = [
+            self.kubectl,
+            f"--kubeconfig={self.kubeconfig}",
+            f"--cache-dir={self._dir() / 'kubectl-cache'}",
+        ]
         run_command(
-            [
-                *base,
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/leases.coordination.k8s.io",
-            ],
-            what="waiting for the Lease stand-in CRD",
+            [*base, "apply", "-f", hack / LEASES_CRD, "-f", hack / RBAC_CRDS],
+            what="installing the stand-in CRDs",
         )
+        run_command(
+            [*base, "wait", "--for=condition=Established", "--timeout=60s"]
+            + [f"crd/{name}" for name in STAND_IN_CRDS],
+            what="waiting for the stand-in CRDs",
+        )
+        self._policy_installed = True
+        self._wait_until(self._policy_ready, "the RBAC policy to be in force", self.apiserver_log)
 
     def stop(self) -> None:
         """Stop the server and etcd (SIGTERM, then SIGKILL), leaving no process; idempotent."""
@@ -508,6 +529,7 @@ class ControlPlane:
         cp.etcd_port = int(state["ports"]["etcd"])
         cp.etcd_peer_port = int(state["ports"]["etcd_peer"])
         cp.apiserver_port = int(state["ports"]["apiserver"])
+        cp._policy_installed = True  # up installs it before writing the state
         for name, log_path in (("etcd", cp.etcd_log), ("apiserver", cp.apiserver_log)):
             info = state["processes"][name]
             proc = _Process(
@@ -665,6 +687,7 @@ class ControlPlane:
             f"--disable-admission-plugins={','.join(DISABLED_ADMISSION_PLUGINS)}",
             f"--core-store={self._dir() / 'core-store.jsonl'}",
             f"--token-auth-file={self.token_file}",
+            f"--bootstrap-policy={wrapper_dir().parent / BOOTSTRAP_POLICY}",
         ]
         if self.audit:
             argv += [
@@ -809,10 +832,29 @@ class ControlPlane:
 
     def _apiserver_ready(self) -> bool:
         # informer-sync never passes: the core informers' kubeconfig points nowhere on purpose.
+        # Before the RBAC stand-ins are installed, the policy cannot be loaded either.
+        skip = "" if self._policy_installed else f"&exclude={POLICY_READY_CHECK}"
         return (
-            self._request("GET", "/readyz?exclude=informer-sync") == 200
+            self._request("GET", f"/readyz?exclude=informer-sync{skip}") == 200
             and self._request("GET", "/apis") == 200
         )
+
+    def _policy_ready(self) -> bool:
+        """The RBAC objects are loaded and the aggregated roles have taken in their parts."""
+        if self._request("GET", f"/readyz/{POLICY_READY_CHECK}") != 200:
+            return False
+        admin = self._get_json("/apis/rbac.authorization.k8s.io/v1/clusterroles/admin")
+        return bool(admin and admin.get("rules"))
+
+    def _get_json(self, path: str) -> dict[str, Any] | None:
+        """A GET as the admin, parsed; None if it fails."""
+        req = urllib.request.Request(self.server_url + path)
+        try:
+            with urllib.request.urlopen(req, timeout=5, context=self._ssl_context()) as resp:
+                data = json.loads(resp.read())
+        except (urllib.error.URLError, OSError, ssl.SSLError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def _wait(self, name: str, proc: _Process, log_path: Path, ready: Callable[[], bool]) -> None:
         def started() -> bool:

@@ -24,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/apimachinery/pkg/version"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 	genericapifilters "k8s.io/apiserver/pkg/endpoints/filters"
 	clientscheme "k8s.io/client-go/kubernetes/scheme"
 )
@@ -33,6 +34,10 @@ type coreHandler struct {
 	crds       listers.CustomResourceDefinitionLister
 	namespaces *store
 	events     *store
+
+	// authorizer and rules answer the reviews (reviews.go).
+	authorizer authorizer.Authorizer
+	rules      authorizer.RuleResolver
 }
 
 func newCoreHandler() *coreHandler {
@@ -93,6 +98,9 @@ func (h *coreHandler) openJournal(path string) error {
 func (h *coreHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimSuffix(r.URL.Path, "/")
 	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	if h.serveReviewGroup(w, r, parts) {
+		return
+	}
 	switch {
 	case path == "/apis":
 		h.serveGroups(w)
@@ -119,10 +127,13 @@ func (h *coreHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveGroups lists apiextensions.k8s.io and every established CRD group with
-// its served versions, highest (kube-aware order) first.
+// serveGroups lists apiextensions.k8s.io, the review groups and every
+// established CRD group with its served versions, highest (kube-aware order) first.
 func (h *coreHandler) serveGroups(w http.ResponseWriter) {
 	groups := map[string]map[string]bool{"apiextensions.k8s.io": {"v1": true}}
+	for name := range reviewGroups {
+		groups[name] = map[string]bool{"v1": true}
+	}
 	if h.crds != nil {
 		crds, err := h.crds.List(labels.Everything())
 		if err != nil {

@@ -9,22 +9,26 @@
 //   - small in-memory stores for core v1 namespaces and events, so clients can
 //     create namespaces and post events, and tests can list those events;
 //   - the CRD schemas in /openapi/v2 and /openapi/v3, for kubectl's validation;
-//   - who may: client certificates and bearer tokens from a token file
-//     (authn.go), authenticated with upstream's authenticators.
+//   - who is asking: client certificates and bearer tokens from a token file
+//     (authn.go), with upstream's authenticators;
+//   - who may: system:masters anything, everyone else what RBAC grants, from
+//     Roles, ClusterRoles and bindings served by stand-in CRDs (authz.go), with
+//     ClusterRole aggregation (aggregation.go);
+//   - SelfSubjectAccessReview, SelfSubjectRulesReview and SelfSubjectReview
+//     (kubectl auth can-i, whoami), answered by that authoriser (reviews.go).
 //
 // Requests reach these additions only after the server's own authentication
 // and authorisation, because they are served by the delegation target.
 package main
 
 import (
+	"errors"
+	"net/http"
 	"os"
 
 	"k8s.io/apiextensions-apiserver/pkg/apiserver"
 	"k8s.io/apiextensions-apiserver/pkg/cmd/server/options"
 	generatedopenapi "k8s.io/apiextensions-apiserver/pkg/generated/openapi"
-	"k8s.io/apiserver/pkg/authentication/user"
-	"k8s.io/apiserver/pkg/authorization/authorizerfactory"
-	authorizerunion "k8s.io/apiserver/pkg/authorization/union"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/util/openapi"
@@ -59,6 +63,8 @@ func main() {
 	cmd.Flags().StringVar(&tokenAuthFile, "token-auth-file", "",
 		"static bearer tokens, as kube-apiserver's flag: CSV lines token,user,uid[,\"group1,group2\"]; "+
 			"read again when it changes")
+	cmd.Flags().StringVar(&bootstrapPolicyPath, "bootstrap-policy", "",
+		"the default RBAC policy: ClusterRoles and ClusterRoleBindings (YAML) every cluster has")
 	os.Exit(cli.Run(cmd))
 }
 
@@ -67,6 +73,8 @@ var (
 	coreStorePath string
 	// tokenAuthFile names the bearer token file, if any.
 	tokenAuthFile string
+	// bootstrapPolicyPath names the default RBAC policy, if any.
+	bootstrapPolicyPath string
 )
 
 func run(c *cobra.Command, o *options.CustomResourceDefinitionsServerOptions) error {
@@ -77,6 +85,9 @@ func run(c *cobra.Command, o *options.CustomResourceDefinitionsServerOptions) er
 	namer := openapinamer.NewDefinitionNamer(apiserver.Scheme)
 	defs := openapi.GetOpenAPIDefinitionsWithoutDisabledFeatures(generatedopenapi.GetOpenAPIDefinitions)
 	config.GenericConfig.OpenAPIConfig = genericapiserver.DefaultOpenAPIConfig(defs, namer)
+	config.GenericConfig.BuildHandlerChainFunc = func(api http.Handler, c *genericapiserver.Config) http.Handler {
+		return genericapiserver.DefaultBuildHandlerChain(builtInBodies(api), c)
+	}
 
 	// Who is asking: replaces the stock delegating authenticator (which would ask a
 	// TokenReview webhook and let anonymous requests through). Complete() adds the
@@ -86,12 +97,25 @@ func run(c *cobra.Command, o *options.CustomResourceDefinitionsServerOptions) er
 		return err
 	}
 	config.GenericConfig.Authentication.Authenticator = authn
-	// Who may: members of system:masters anything; everyone else nothing, for now.
+
+	// Who may: system:masters anything, everyone else what RBAC grants (authz.go).
 	// This replaces the stock delegating authoriser (a SubjectAccessReview webhook).
-	config.GenericConfig.Authorization.Authorizer = authorizerunion.New(
-		authorizerfactory.NewPrivilegedGroups(user.SystemPrivilegedGroup))
+	if config.GenericConfig.LoopbackClientConfig == nil {
+		return errors.New("no loopback client: the RBAC policy cannot be read")
+	}
+	defaults, err := loadDefaultPolicy(bootstrapPolicyPath)
+	if err != nil {
+		return err
+	}
+	rbac, err := newPolicy(config.GenericConfig.LoopbackClientConfig, defaults)
+	if err != nil {
+		return err
+	}
+	authz := newAuthorizer(rbac.authorizer)
+	config.GenericConfig.Authorization.Authorizer = authz
 
 	core := newCoreHandler()
+	core.authorizer, core.rules = authz, rbac.authorizer
 	if coreStorePath != "" {
 		if err := core.openJournal(coreStorePath); err != nil {
 			return err
@@ -102,5 +126,8 @@ func run(c *cobra.Command, o *options.CustomResourceDefinitionsServerOptions) er
 		return err
 	}
 	core.crds = server.Informers.Apiextensions().V1().CustomResourceDefinitions().Lister()
+	if err := rbac.install(server.GenericAPIServer, core.crds); err != nil {
+		return err
+	}
 	return server.GenericAPIServer.PrepareRun().RunWithContext(c.Context())
 }
