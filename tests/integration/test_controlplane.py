@@ -306,7 +306,7 @@ def test_audit_log_records_each_identity(kube: Kube, widget_crd: str, namespace:
             entry = json.loads(line)
             ref = entry.get("objectRef") or {}
             if (
-                entry["user"]["username"] == user
+                entry["user"].get("username") == user
                 and group in entry["user"].get("groups", [])
                 and ref.get("resource") == PLURAL
                 and ref.get("namespace") == namespace

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from testenv import build as cp
 from testenv import controlplane
 from tests.helpers import wait_for
-from tests.identities import split_service_account
+from tests.identities import Endpoint, split_service_account, token_kubeconfig
 
 DEB822 = """\
 Types: deb
@@ -229,3 +230,15 @@ def test_wrapper_source_covers_every_go_file(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("changed, still not built\n")
     (tmp_path / "authn.go").write_text("package main // a\n")
     assert cp.wrapper_source(cp.wrapper_files(tmp_path)) == source
+
+
+def test_a_token_kubeconfig_carries_the_token_and_no_certificate(tmp_path: Path) -> None:
+    where = Endpoint("https://127.0.0.1:6443", tmp_path / "ca.crt")
+    path = token_kubeconfig(tmp_path / "kubeconfig", where, "system:serviceaccount:ns:op", "t0k")
+    config = yaml.safe_load(path.read_text())
+    assert config["users"] == [{"name": "system:serviceaccount:ns:op", "user": {"token": "t0k"}}]
+    assert config["clusters"][0]["cluster"] == {
+        "server": "https://127.0.0.1:6443",
+        "certificate-authority": str(tmp_path / "ca.crt"),
+    }
+    assert path.stat().st_mode & 0o077 == 0
