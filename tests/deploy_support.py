@@ -1,7 +1,8 @@
-"""The manifests under deploy/, rendered with `kubectl kustomize`, and a small RBAC evaluator.
+"""The manifests under deploy/, rendered with `kubectl kustomize`, and their RBAC rules
+expanded into single grants (for the offline checks: the API server enforces them).
 
 Shared by tests/unit/test_deploy.py (offline checks), tests/integration/test_rbac.py
-(the audit log against the roles) and tests/integration/test_deploy_dry_run.py.
+(the roles enforced by the server) and tests/integration/test_deploy_dry_run.py.
 """
 
 from __future__ import annotations
@@ -83,22 +84,6 @@ def one(objects: Iterable[Obj], kind: str, name: str | None = None) -> Obj:
 
 
 @dataclass(frozen=True)
-class Request:
-    """One API request, as the audit log records it."""
-
-    verb: str
-    group: str  # "" for the core group
-    resource: str  # with "/subresource" when there is one
-    namespace: str | None
-    name: str | None
-
-    def __str__(self) -> str:
-        where = f" in {self.namespace}" if self.namespace else " (cluster scope)"
-        named = f" {self.name}" if self.name else ""
-        return f"{self.verb} {self.group or 'core'}/{self.resource}{named}{where}"
-
-
-@dataclass(frozen=True)
 class Grant:
     """One verb on one resource of one group, as a rule grants it (with its resourceNames)."""
 
@@ -107,15 +92,6 @@ class Grant:
     resource: str
     names: frozenset[str]
     namespace: str | None  # None: granted in every namespace and at cluster scope
-
-    def allows(self, request: Request) -> bool:
-        if (request.verb, request.group, request.resource) != (
-            self.verb, self.group, self.resource
-        ):  # fmt: skip
-            return False
-        if self.namespace is not None and request.namespace != self.namespace:
-            return False
-        return not self.names or request.name in self.names
 
     def key(self) -> tuple[str, str, str, tuple[str, ...]]:
         """The grant without its scope (to compare a Role with a ClusterRole)."""

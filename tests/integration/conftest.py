@@ -108,7 +108,8 @@ def served_kinds(kube: Kube) -> set[tuple[str, str]]:
 
 def apply_identity_objects(kube: Kube, objects: list[Obj]) -> list[Obj]:
     """Apply the ServiceAccounts and RBAC objects (and their Namespaces) among `objects`,
-    those the cluster serves; return what was applied."""
+    those the cluster serves (the suite's server serves no ServiceAccounts: a token names
+    one without it); return what was applied."""
     served = served_kinds(kube)
     chosen = [
         o for o in objects
@@ -151,12 +152,9 @@ def installed(
     objects = apply_identity_objects(
         kube, render(kube.kubectl, BASE) + render(kube.kubectl, SIMULATOR)
     )
-    # Until the suite's server serves RBAC, a role cannot be bound there: its identities
-    # are then administrators (as every client of a cluster without RBAC is).
-    groups = () if any(o["kind"] == "ClusterRole" for o in objects) else ("system:masters",)
     minter = IdentityMinter(kube, tmp_path_factory.mktemp("identities"))
     try:
-        yield Installed(minter(OPERATOR_USER, groups), minter(SIMULATOR_USER, groups), objects)
+        yield Installed(minter(OPERATOR_USER), minter(SIMULATOR_USER), objects)
     finally:
         minter.cleanup()
 

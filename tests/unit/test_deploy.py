@@ -5,8 +5,9 @@ Every object is validated against the Kubernetes schemas bundled with kubernetes
 depends on is checked: the Deployment's replicas, probes, resources and security context,
 the Service and PodDisruptionBudget selecting its pods, the bindings naming its
 ServiceAccount, no wildcard in any role, and the namespaced overlay's Role granting what
-the ClusterRole grants for namespaced resources. test_rbac.py proves those grants are the
-operator's real requests; test_deploy_dry_run.py sends the CRDs to an API server.
+the ClusterRole grants for namespaced resources; the users', the provisioner's and the
+simulator's roles. test_rbac.py has the API server enforce them (each rule needed, the
+operator working under them); test_deploy_dry_run.py sends the CRDs to an API server.
 """
 
 from __future__ import annotations
