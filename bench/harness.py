@@ -48,6 +48,8 @@ class Cluster:
     # Who the operator and the simulator run as (default: `kubeconfig`'s user).
     operator_kubeconfig: Path | None = None
     simulator_kubeconfig: Path | None = None
+    # A bearer token callers of the HTTP API send (None: the API is not measured).
+    caller_token: str | None = None
 
     def kubectl_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -84,6 +86,10 @@ class Plan:
     saturated_step_requests: int = 600
     profile: bool = False  # py-spy the operator during the storms (if py-spy is installed)
     settle_seconds: float = 2.0
+    # The HTTP API: steady rates through it, each beside the annotation path (None: the
+    # rates above, up to 50/s), and how many requests wait at once for the memory figure.
+    api_rates: list[float] | None = None
+    api_waiting: int = 1000
 
     @property
     def population(self) -> int:
@@ -215,6 +221,7 @@ class Bench:
         )
         self.tracker: JobTracker | None = None
         self.server_metrics_ok = True
+        self.extra_processes: list[ManagedProcess] = []  # measured too (e.g. the HTTP API)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -297,7 +304,7 @@ class Bench:
 
     def cpu_meter(self) -> CpuMeter:
         pids = dict(self.cluster.server_pids)
-        for process in (self.operator, self.simulator):
+        for process in (self.operator, self.simulator, *self.extra_processes):
             if process.running():
                 pids[process.name] = process.pid
         pids["bench"] = os.getpid()

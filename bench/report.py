@@ -91,6 +91,47 @@ def cores(shares: dict[str, float] | None) -> str:
     return ", ".join(parts)
 
 
+def http_api_section(api: dict[str, Any] | None) -> list[str]:
+    """The HTTP API beside the annotation path, at the same rates in the same run."""
+    if not api:
+        return []
+    out = ["## The HTTP API (`job-operator api`) beside the annotation path", ""]
+    out += [
+        "Each rate runs twice, one after the other: requests written as annotations, then "
+        "the same rate through the API (POST, bearer token, waiting for the outcome). "
+        "*recorded* is from the send to the operator's status write seen by a watch (both "
+        "paths); *response* is what an API caller waits: the HTTP answer.",
+        "",
+    ]
+    rows = []
+    for pair in api["steady"]:
+        a, h = pair["annotation"], pair["api"]
+        rows.append([
+            f"{pair['rate']:g}/s", ms(a["latency"]["p50"]), ms(a["latency"]["p99"]),
+            ms(h["latency"]["p50"]), ms(h["latency"]["p99"]), ms(h["response"]["p50"]),
+            ms(h["response"]["p99"]), f"{h['recorded']}/{h['requests']}",
+            num(h.get("api_cpu_ms_per_request"), 2),
+        ])  # fmt: skip
+    out += table(
+        ["rate", "annotation recorded p50", "p99", "API recorded p50", "p99",
+         "API response p50", "p99", "API recorded", "API CPU ms/request"],
+        rows,
+    )  # fmt: skip
+    waiting = api.get("waiting")
+    if waiting:
+        out += [
+            f"{waiting['requests']:,} requests waiting at once (the operator stopped): "
+            f"{waiting['waiting_at_once']:,.0f} counted waiting; the API's memory "
+            f"{mib(waiting['memory_before_kib'].get('VmRSS'))} before, "
+            f"{mib(waiting['memory_waiting_kib'].get('VmRSS'))} with them waiting (peak "
+            f"{mib(waiting['memory_waiting_kib'].get('VmHWM'))}); the operator started "
+            f"again, all {waiting['answered_200']:,} answered 200 in "
+            f"{num(waiting['seconds_to_answer_all_after_operator_start'])} s.",
+            "",
+        ]
+    return out
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -280,6 +321,7 @@ def render(results: dict[str, Any]) -> str:
              "apiserver CPU ms/cycle", "CPU (cores)"],
             rows,
         )  # fmt: skip
+    out += http_api_section(results.get("api"))
     cost = results.get("redispatch_cost")
     runs_with_api = [r for r in [cost, *storms, *steady] if r and r.get("api")]
     if runs_with_api:

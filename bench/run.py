@@ -99,6 +99,14 @@ async def run_all(
                 f"p99 {report.ms(result['latency']['p99'])}"
             )
 
+        if cluster.caller_token:
+            from bench import api as http_api
+
+            rates = (
+                plan.api_rates if plan.api_rates is not None else [r for r in plan.rates if r <= 50]
+            )
+            results["api"] = await http_api.measure(bench, cluster.caller_token, rates, progress)
+
         if plan.ceiling_recheck:
             progress("ceiling again, with the jobs present")
             results["ceiling_recheck"] = await scenarios.measure_ceiling(
@@ -230,10 +238,14 @@ async def run_with_cluster(
     control_plane = ControlPlane(toolchain, audit=False)
     await asyncio.to_thread(control_plane.start)
     try:
+        caller = await asyncio.to_thread(
+            control_plane.add_user, "bench-api-caller", ("system:masters",)
+        )
         cluster = Cluster(
             control_plane.kubeconfig,
             str(control_plane.kubectl),
             server_pids(control_plane.data_dir),
+            caller_token=caller.token,
         )
         extra = {
             "kubernetes (apiextensions-apiserver)": await _server_version(cluster),

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -432,8 +432,10 @@ async def steady(
     namespace: str | None = None,
     label: str | None = None,
     wait_for: str = "running",
+    send: Callable[[Bench, Request], Coroutine[Any, Any, None]] = _send,
 ) -> dict[str, Any]:
-    """Open loop: requests arrive at `rate` per second for `seconds`, on distinct idle jobs."""
+    """Open loop: requests arrive at `rate` per second for `seconds`, on distinct idle jobs
+    (written by `send`: an annotation, unless told otherwise)."""
     namespace = namespace or bench.plan.namespace
     count = max(1, round(rate * seconds))
     chosen: list[Key] = []
@@ -463,7 +465,7 @@ async def steady(
         request = bench.jobs.register(key, new_token(f"r{rate:g}"), batch)
         request.scheduled = due + wall_offset
         lags.append(max(0.0, loop.time() - due))
-        sends.append(asyncio.create_task(_send(bench, request)))
+        sends.append(asyncio.create_task(send(bench, request)))
     await asyncio.gather(*sends)
     batch.sealed(len(chosen))
     first_sent = min((r.sent for r in batch.requests), default=time.time())

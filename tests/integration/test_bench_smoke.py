@@ -39,12 +39,16 @@ def cluster(kube: Kube, installed: Installed) -> Cluster:
     """The session's cluster; the operator and the simulator as their installed identities."""
     control_plane = kube.control_plane
     pids = server_pids(control_plane.data_dir) if control_plane is not None else {}
+    caller = None  # the HTTP API's caller: an administrator minted on our own server
+    if control_plane is not None:
+        caller = control_plane.add_user("bench-api-caller", ("system:masters",)).token
     return Cluster(
         Path(kube.kubeconfig),
         kube.kubectl,
         pids,
         operator_kubeconfig=installed.operator.kubeconfig,
         simulator_kubeconfig=installed.simulator.kubeconfig,
+        caller_token=caller,
     )
 
 
@@ -141,6 +145,17 @@ async def test_the_benchmark_runs_end_to_end(
     check_batch(cost, COST_JOBS, running=False)
     assert cost["not_dispatched"] == 0
 
+    if kube.control_plane is not None:  # the HTTP API, measured where a caller was minted
+        (pair,) = results["api"]["steady"]
+        check_batch(pair["annotation"], round(RATE * RATE_SECONDS))
+        check_batch(pair["api"], round(RATE * RATE_SECONDS))
+        response = pair["api"]["response"]
+        assert 0 < response["p50"] <= response["p99"] <= response["max"]
+        assert pair["api"]["api_cpu_ms_per_request"] > 0
+        waiting = results["api"]["waiting"]
+        assert waiting["requests"] == waiting["waiting_at_once"] == waiting["answered_200"] == JOBS
+        assert waiting["memory_waiting_kib"]["VmRSS"] > 0
+
     assert results["memory_end_kib"]["VmHWM"] > 0
     assert results["tracker_events"] > 0
 
@@ -170,4 +185,5 @@ async def test_the_benchmark_runs_end_to_end(
     text = report.render(results)
     for heading in ("## Targets", "## Ceiling", "## Reschedule storms", "## Steady open-loop"):
         assert heading in text
+    assert ("## The HTTP API" in text) is (kube.control_plane is not None)
     assert {t["target"].split()[0] for t in results["targets"]} >= {"storm", "peak", "start-up"}
