@@ -20,6 +20,7 @@ import aiohttp
 
 from bench.harness import Bench, free_port
 from bench.procs import ManagedProcess, job_operator_argv, memory_kib
+from bench.report import mib, ms
 from bench.scenarios import idle_keys, new_token, running, steady, summary
 from bench.tracker import Key, Request
 
@@ -139,7 +140,8 @@ async def many_waiting(bench: Bench, api: ApiServer, count: int) -> dict[str, An
     deadline = time.monotonic() + 120
     while True:
         waiting = await api.waiting()
-        if waiting >= len(keys) or time.monotonic() > deadline:
+        failed_early = any(t.done() for t in tasks)  # an error: gather() below raises it
+        if waiting >= len(keys) or failed_early or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
     memory = api.memory()
@@ -173,11 +175,12 @@ async def measure(
             pair = await side_by_side(bench, api, rate, plan.rate_seconds, keys)
             results["steady"].append(pair)
             progress(
-                f"API {rate:g}/s: response p50 {pair['api']['response']['p50']}, "
-                f"annotation recorded p50 {pair['annotation']['latency']['p50']}"
+                f"API {rate:g}/s: response p50 {ms(pair['api']['response']['p50'])}, "
+                f"annotation recorded p50 {ms(pair['annotation']['latency']['p50'])}"
             )
         count = min(plan.api_waiting, plan.population)
         progress(f"API: {count} requests waiting at once")
         results["waiting"] = await many_waiting(bench, api, count)
-        progress(f"API: memory with them waiting {results['waiting']['memory_waiting_kib']}")
+        rss = results["waiting"]["memory_waiting_kib"].get("VmRSS")
+        progress(f"API: memory with them waiting {mib(rss)}")
     return results

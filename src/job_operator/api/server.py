@@ -10,6 +10,7 @@ import sys
 from job_operator.cli_support import run_loop
 
 log = logging.getLogger(__name__)
+KEEP_ALIVE_SECONDS = 75
 
 
 class ServeError(Exception):
@@ -104,6 +105,9 @@ async def serve(args: argparse.Namespace) -> None:
                 access_log=args.access_log,
                 log_config=None,  # the process's logging, as configured by the CLI
                 timeout_graceful_shutdown=30,
+                # Longer than clients keep idle connections (aiohttp 15 s, Go 90 s is the
+                # exception): a client reusing one the server just closed sees it fail.
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
             )
             log.info(
                 "serving the job-operator API on %s://%s:%d",
