@@ -63,7 +63,7 @@ DEFAULT_TIMEOUT: Final = 300.0
 WATCH_SECONDS: Final = 240  # a watch is renewed (from where it stopped) this often
 
 HANDLED: Final = ("rescheduled", "skipped_terminal")
-# What else can become of a selected job, worst first: the exit status follows the worst.
+# What else can become of a selected job: the summary names each such job (exit_status).
 FAILED: Final = ("forbidden", "refused", "error", "deleted")
 
 
