@@ -569,7 +569,7 @@ def test_a_viewer_is_refused_for_each_job_and_nothing_is_written(
         for name, line in refused.items():
             assert line["outcome"] == "forbidden", line
             assert f'cannot patch resource "jobs" in API group "{names.GROUP}"' in line["detail"]
-            assert name in line["detail"]
+            assert line["job"] == f"{jobs.namespace}/{name}"
         assert len(summary_of(lines)["failures"]) == len(manifests)
         preview = run_cli(viewer.env, *command, "--dry-run")
         assert preview.returncode == 0, preview.stderr
