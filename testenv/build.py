@@ -47,6 +47,10 @@ NON_GO_PACKAGES: Final = frozenset({"etcd-server", "kubectl"})
 GO_IMPORT_PATH: Final = "job-operator.dev/controlplane"
 WRAPPER_RELPATH: Final = Path("hack/controlplane/wrapper")
 KEEP_BUILDS: Final = 3
+# Builds used this recently are kept whatever their number: processes on this machine (other
+# checkouts, other test sessions) may be running them.
+KEEP_USED_SECONDS: Final = 24 * 3600
+USED_MARKER: Final = "last-used"
 DEBIAN_SUITES: Final = frozenset(
     {
         "sid",
@@ -527,7 +531,11 @@ class _Cache:
             data = json.loads(self.pointer(wrapper_hash).read_text())
         except (OSError, ValueError):
             return None
-        return Toolchain.from_build_dir(self.builds / str(data.get("build", "")))
+        build_dir = self.builds / str(data.get("build", ""))
+        tc = Toolchain.from_build_dir(build_dir)
+        if tc is not None:
+            mark_used(build_dir)
+        return tc
 
     def clean_partials(self) -> None:
         for parent in (self.roots, self.builds, self.debs):
@@ -547,11 +555,13 @@ class _Cache:
                 deb.unlink(missing_ok=True)
         builds = sorted(
             (b for b in self.builds.iterdir() if not b.name.startswith(".")),
-            key=lambda b: b.stat().st_mtime,
+            key=last_used,
             reverse=True,
         )
+        now = time.time()
         for old in builds[KEEP_BUILDS:]:
-            shutil.rmtree(old, ignore_errors=True)
+            if now - last_used(old) > KEEP_USED_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
         for pointer in self.latest.glob("*.json"):
             try:
                 build = str(json.loads(pointer.read_text()).get("build", ""))
@@ -559,6 +569,20 @@ class _Cache:
                 build = ""
             if not build or not (self.builds / build).is_dir():
                 pointer.unlink(missing_ok=True)
+
+
+def mark_used(build_dir: Path) -> None:
+    """Record that a build is being used (its marker's modification time)."""
+    with contextlib.suppress(OSError):
+        (build_dir / USED_MARKER).touch()
+
+
+def last_used(build_dir: Path) -> float:
+    """When a build was last used (or made), as a timestamp; 0 if it is gone."""
+    for path in (build_dir / USED_MARKER, build_dir):
+        with contextlib.suppress(OSError):
+            return path.stat().st_mtime
+    return 0.0
 
 
 def ensure_built(
@@ -602,6 +626,7 @@ def _build(cache: _Cache, files: Mapping[str, bytes], wrapper_hash: str, say: Lo
     build_dir = cache.builds / key[:16]
     if (tc := Toolchain.from_build_dir(build_dir)) is not None:
         write_json_atomic(cache.pointer(wrapper_hash), {"build": build_dir.name})
+        mark_used(build_dir)
         return tc
 
     say(f"fetching {len(packages)} packages into {cache.debs}")

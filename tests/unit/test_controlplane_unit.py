@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -242,3 +244,24 @@ def test_a_token_kubeconfig_carries_the_token_and_no_certificate(tmp_path: Path)
         "certificate-authority": str(tmp_path / "ca.crt"),
     }
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_pruning_keeps_builds_in_use_whatever_their_number(tmp_path: Path) -> None:
+    cache = cp._Cache(tmp_path)
+    for folder in (cache.roots / "current", cache.debs, cache.latest):
+        folder.mkdir(parents=True)
+    day = 24 * 3600
+    # More builds used within the day than KEEP_BUILDS: all of them stay.
+    ages = {"new": 0, "used-1h-ago": 3600, "used-2h-ago": 7200, "used-3h-ago": 10800,
+            "old-1": 2 * day, "old-2": 3 * day}  # fmt: skip
+    assert cp.KEEP_BUILDS < 4
+    now = time.time()
+    for name, age in ages.items():
+        build = cache.builds / name
+        build.mkdir(parents=True)
+        os.utime(build, (now - 5 * day, now - 5 * day))
+        cp.mark_used(build)
+        os.utime(build / cp.USED_MARKER, (now - age, now - age))
+    cache.prune(cache.roots / "current", [], lambda _: None)
+    kept = sorted(b.name for b in cache.builds.iterdir())
+    assert kept == ["new", "used-1h-ago", "used-2h-ago", "used-3h-ago"]
