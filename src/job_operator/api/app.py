@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, Protocol, TypeVar
 
 import aiohttp
-from fastapi import Body, FastAPI, Header, Path, Query, Request, Response, Security
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -212,6 +212,30 @@ async def caller_token(
 Token = Annotated[str, Security(caller_token)]
 
 
+@dataclass(frozen=True)
+class RescheduleAsk:
+    """What a reschedule request asks, whichever way it names the job."""
+
+    token: str
+    body: RescheduleBody | None
+    wait: bool
+    timeout_seconds: float
+    key: str | None
+
+
+async def reschedule_ask(
+    token: Token,
+    body: OptionalBody = None,
+    wait: WaitFlag = True,
+    timeout_seconds: TimeoutSeconds = DEFAULT_TIMEOUT_SECONDS,
+    idempotency_key: KeyHeader = None,
+) -> RescheduleAsk:
+    return RescheduleAsk(token, body, wait, timeout_seconds, idempotency_key)
+
+
+Ask = Annotated[RescheduleAsk, Depends(reschedule_ask)]
+
+
 def create_app(
     caller: Caller,
     reader: JobReader,
@@ -302,20 +326,13 @@ def create_app(
         )
 
     async def reschedule(
-        request: Request,
-        namespace: str,
-        name: str,
-        uid: str | None,
-        body: RescheduleBody | None,
-        key: str | None,
-        wait: bool,
-        timeout: float,
-        token: str,
+        request: Request, namespace: str, name: str, uid: str | None, ask: RescheduleAsk
     ) -> Response:
+        token, wait = ask.token, ask.wait
         user = await whoami(token)
-        force = body.force if body is not None else False
-        request_token = key or plan.new_token()
-        timeout = min(timeout, settings.max_timeout_seconds)
+        force = ask.body.force if ask.body is not None else False
+        request_token = ask.key or plan.new_token()
+        timeout = min(ask.timeout_seconds, settings.max_timeout_seconds)
         try:
             async with (
                 index.waiter(namespace, name, request_token) if wait else _no_waiter() as waiter
@@ -403,57 +420,30 @@ def create_app(
             raise ApiError(404, f"no job with uid {job_id}")
         return found
 
-    @app.post(
-        "/v1/jobs/{job_id}/reschedule",
-        response_model=RescheduleResult,
-        responses={202: {"model": Accepted, "description": "Written, not waited for."}, **ERRORS},
-        summary="Reschedule a job",
-        description=RESCHEDULE_DESCRIPTION,
-        tags=["jobs"],
-    )
-    async def reschedule_by_uid(
-        request: Request,
-        job_id: JobId,
-        token: Token,
-        body: OptionalBody = None,
-        wait: WaitFlag = True,
-        timeout_seconds: TimeoutSeconds = DEFAULT_TIMEOUT_SECONDS,
-        idempotency_key: KeyHeader = None,
-    ) -> Response:
+    reschedule_route: dict[str, Any] = {
+        "response_model": RescheduleResult,
+        "responses": {
+            202: {"model": Accepted, "description": "Written, not waited for."},
+            **ERRORS,
+        },
+        "description": RESCHEDULE_DESCRIPTION,
+        "tags": ["jobs"],
+    }
+
+    @app.post("/v1/jobs/{job_id}/reschedule", summary="Reschedule a job", **reschedule_route)
+    async def reschedule_by_uid(request: Request, job_id: JobId, ask: Ask) -> Response:
         namespace, name = await by_uid(job_id)
-        return await reschedule(
-            request,
-            namespace,
-            name,
-            str(job_id),
-            body,
-            idempotency_key,
-            wait,
-            timeout_seconds,
-            token,
-        )
+        return await reschedule(request, namespace, name, str(job_id), ask)
 
     @app.post(
         "/v1/namespaces/{namespace}/jobs/{name}/reschedule",
-        response_model=RescheduleResult,
-        responses={202: {"model": Accepted, "description": "Written, not waited for."}, **ERRORS},
         summary="Reschedule a job, by namespace and name",
-        description=RESCHEDULE_DESCRIPTION,
-        tags=["jobs"],
+        **reschedule_route,
     )
     async def reschedule_by_name(
-        request: Request,
-        namespace: Namespace,
-        name: Name,
-        token: Token,
-        body: OptionalBody = None,
-        wait: WaitFlag = True,
-        timeout_seconds: TimeoutSeconds = DEFAULT_TIMEOUT_SECONDS,
-        idempotency_key: KeyHeader = None,
+        request: Request, namespace: Namespace, name: Name, ask: Ask
     ) -> Response:
-        return await reschedule(
-            request, namespace, name, None, body, idempotency_key, wait, timeout_seconds, token
-        )
+        return await reschedule(request, namespace, name, None, ask)
 
     async def show(namespace: str, name: str, uid: str | None, token: str) -> SeedJob:
         job = Job.model_validate(await as_caller(caller.get_job(token, namespace, name)))
