@@ -23,7 +23,7 @@ from bench import apimetrics
 from bench.client import MERGE_PATCH, Api, ApiError
 from bench.procs import CpuMeter, ManagedProcess, job_operator_argv, memory_kib
 from bench.tracker import JobTracker, Key, jobs_path
-from job_operator import core, names
+from job_operator import core, executors, names
 from job_operator.models import ExecutorCluster, Job
 
 log = logging.getLogger("bench")
@@ -388,8 +388,8 @@ class Bench:
             return
         now = datetime.now(UTC)
         job = job.model_copy(update={"status": core.initialise(job, now).status})
-        executor_name = core.new_executor_name(str(uuid.uuid4()))
-        manifest = core.executor_manifest(job, executor_name)
+        executor_name = executors.new_executor_name(str(uuid.uuid4()))
+        manifest = executors.executor_manifest(job, executor_name)
         created = await self.load.request("POST", executors_path(namespace), manifest)
         phase = {"phase": "Running", "message": "The cluster is running the job (simulated)."}
         await self.load.request(

@@ -173,7 +173,7 @@ class FakeApi:
             self._call("create events")
         except (OSError, TimeoutError):
             return False
-        name = core.event_name(job, event)
+        name = core.event_name(job, event.key)
         key = (job.metadata.namespace or "", name)
         if key not in self.events:
             self.events[key] = {

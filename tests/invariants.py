@@ -84,13 +84,7 @@ def check_invariants(
         ]
         expected = {
             core.event_name(
-                job,
-                core.Event(
-                    "Normal",
-                    "",
-                    "",
-                    core.request_key(names.RESCHEDULE_ANNOTATION, core.token_digest(t)),
-                ),
+                job, core.request_key(names.RESCHEDULE_ANNOTATION, core.token_digest(t))
             )
             for t in sent
         }

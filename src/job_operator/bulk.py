@@ -38,7 +38,6 @@ from job_operator.cli import (
     EXIT_NOT_FOUND,
     EXIT_REFUSED,
     EXIT_TIMEOUT,
-    FIELD_MANAGER_CLI,
     CliError,
     denied,
     new_token,
@@ -556,7 +555,7 @@ class Run:
                 job.metadata.namespace or "",
                 job.metadata.name,
                 request_annotations(self.token, self.force),
-                FIELD_MANAGER_CLI,
+                names.CLI_FIELD_MANAGER,
                 uid=job.metadata.uid,
             )
         except NotFound:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from job_operator import core
+from job_operator import requests
 from job_operator.models import ExecutorCluster, Job
 from job_operator.workqueue import JobKey
 
@@ -34,7 +34,7 @@ def is_newer(version: str, than: str) -> bool:
 
 class JobCache:
     """Each job as last seen, and of its managedFields only who wrote the request
-    annotations (`core.request_ownership`): 2.5 KiB a job instead of ~11."""
+    annotations (`requests.request_ownership`): 2.5 KiB a job instead of ~11."""
 
     def __init__(self) -> None:
         self._entries: dict[JobKey, tuple[str, bytes]] = {}
@@ -51,7 +51,7 @@ class JobCache:
         if not self.is_new(key, meta.resource_version):
             return False
         if meta.managed_fields:
-            owners = core.request_ownership(meta.managed_fields)
+            owners = requests.request_ownership(meta.managed_fields)
             job = job.model_copy(
                 update={"metadata": meta.model_copy(update={"managed_fields": owners})}
             )

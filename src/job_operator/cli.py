@@ -28,7 +28,6 @@ from job_operator.cli_support import lease_namespace
 from job_operator.kube import Kube, NotFound
 from job_operator.models import Job
 
-FIELD_MANAGER_CLI = "job-operator-cli"
 EXIT_NOT_FOUND = 1
 EXIT_REFUSED = 3
 EXIT_TIMEOUT = 4
@@ -109,7 +108,9 @@ async def request(args: argparse.Namespace, annotation: str) -> int:
         annotations[names.RESCHEDULE_FORCE_ANNOTATION] = token
     async with Kube.connect(args.kubeconfig) as kube:
         try:
-            job = await kube.annotate_job(namespace, args.name, annotations, FIELD_MANAGER_CLI)
+            job = await kube.annotate_job(
+                namespace, args.name, annotations, names.CLI_FIELD_MANAGER
+            )
         except NotFound:
             raise CliError(f"job {namespace}/{args.name} not found", EXIT_NOT_FOUND) from None
         if args.no_wait:
@@ -217,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
             backoff_cap=timedelta(seconds=args.backoff_cap),
         ),
         sweep_interval=args.sweep_interval,
-        dangling_grace=timedelta(seconds=args.dangling_grace),
         workers=args.workers,
         kubeconfig=args.kubeconfig,
     )
@@ -324,12 +324,6 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between full checks for lost and dangling clusters",
     )
     operator.add_argument(
-        "--dangling-grace",
-        type=float,
-        default=60.0,
-        help="age after which an unclaimed ExecutorCluster is removed",
-    )
-    operator.add_argument(
         "--workers",
         type=positive_int,
         default=100,
@@ -346,9 +340,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="namespace of the leader Lease (default: the pod's, or default)",
     )
-    operator.add_argument(
-        "--lease-name", default="job-operator-leader", help="name of the leader Lease"
-    )
+    operator.add_argument("--lease-name", default=names.LEASE_NAME, help="name of the leader Lease")
     operator.add_argument(
         "--lease-duration",
         type=float,

@@ -42,7 +42,6 @@ class OperatorConfig:
     sweep_interval: float = 60.0
     event_repair_window: timedelta = timedelta(minutes=30)
     workers: int = 100
-    dangling_grace: timedelta = timedelta(seconds=60)
     kubeconfig: str | None = None
 
 

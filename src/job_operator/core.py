@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from job_operator import names
+from job_operator.executors import executor_manifest, new_executor_name
 from job_operator.models import (
     HISTORY_LIMIT,
-    TOKEN_MAX_LENGTH,
     CancelRecord,
     Condition,
     ExecutorCluster,
@@ -29,11 +29,12 @@ from job_operator.models import (
     RejectedRequest,
     RescheduleRecord,
 )
+from job_operator.requests import Request, invalid_reason, pending_request
 
-DISPATCHED = "Dispatched"
-RESCHEDULED = "Rescheduled"
-RESCHEDULE_REQUEST_VALID = "RescheduleRequestValid"
-CANCEL_REQUEST_VALID = "CancelRequestValid"
+# A handled request's identity (its annotation and token digest) names its events; the
+# CLI, the HTTP API and the tests compare tokens by it, from here.
+from job_operator.requests import request_key as request_key
+from job_operator.requests import token_digest as token_digest
 
 EventType = Literal["Normal", "Warning"]
 
@@ -47,21 +48,31 @@ class Event:
     """
 
     type: EventType
-    reason: str
+    reason: names.EventReason
     message: str
     key: str
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do to a job: write `status` (if it changed), then the rest."""
+    """What a rule does to a job's status: `before` becomes `status`. The events and the
+    cluster the job lets go of follow from the two (`events`), never made on the side."""
 
+    before: JobStatus
     status: JobStatus
-    events: tuple[Event, ...] = ()
-    delete_executor: str | None = None
 
     def changes(self, job: Job) -> bool:
         return self.status != job.status
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        return events(self.status, before=self.before)
+
+    @property
+    def delete_executor(self) -> str | None:
+        """The cluster the job has let go of, if any."""
+        left = self.before.executor
+        return left if left is not None and self.status.executor != left else None
 
 
 OutcomeKind = Literal[
@@ -125,98 +136,12 @@ class Policy:
         return min(delay, self.backoff_cap)
 
 
-@dataclass(frozen=True)
-class Request:
-    """A request annotation's token, and what it asks for."""
-
-    annotation: str
-    token: str
-    force: bool = False
-    requested_by: str | None = None
-
-    @property
-    def digest(self) -> str:
-        return token_digest(self.token)
-
-    @property
-    def key(self) -> str:
-        """What events about this request are keyed by."""
-        return request_key(self.annotation, self.digest)
-
-
-def request_key(annotation: str, digest: str) -> str:
-    return f"{annotation}:{digest}"
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-# --- reading requests from annotations ------------------------------------------------
-
-
-REQUEST_ANNOTATIONS = (names.RESCHEDULE_ANNOTATION, names.CANCEL_ANNOTATION)
-
-
-def requested_by(job: Job, annotation: str) -> str | None:
-    """The field manager that last wrote `annotation`, from managedFields (a hint only)."""
-    best: tuple[str, str] | None = None
-    for entry in job.metadata.managed_fields:
-        fields: Any = entry.get("fieldsV1") or {}
-        owned = fields.get("f:metadata", {}).get("f:annotations", {})
-        if f"f:{annotation}" in owned:
-            when = str(entry.get("time") or "")
-            if best is None or when >= best[0]:
-                best = (when, str(entry.get("manager") or ""))
-    return best[1] or None if best else None
-
-
-def request_ownership(managed_fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The part of managedFields `requested_by` reads: who wrote a request annotation, and
-    when. Everything else of them (most of a job's bytes) the operator need not keep."""
-    kept: list[dict[str, Any]] = []
-    for entry in managed_fields:
-        fields: Any = entry.get("fieldsV1") or {}
-        owned = fields.get("f:metadata", {}).get("f:annotations", {})
-        requests: dict[str, Any] = {f"f:{a}": {} for a in REQUEST_ANNOTATIONS if f"f:{a}" in owned}
-        if requests:
-            kept.append(
-                {
-                    "manager": entry.get("manager"),
-                    "time": entry.get("time"),
-                    "fieldsV1": {"f:metadata": {"f:annotations": requests}},
-                }
-            )
-    return kept
-
-
-def pending_request(job: Job, annotation: str) -> Request | None:
-    """The request in `annotation` if its token has not been handled yet."""
-    token = job.metadata.annotations.get(annotation, "")
-    if not token:
-        return None
-    status = job.status
-    record = status.reschedule if annotation == names.RESCHEDULE_ANNOTATION else status.cancel
-    if record is not None and record.request == token:
-        return None
-    digest = token_digest(token)
-    if any(
-        r.annotation == annotation and r.token_digest == digest for r in status.rejected_requests
-    ):
-        return None
-    force = (
-        annotation == names.RESCHEDULE_ANNOTATION
-        and job.metadata.annotations.get(names.RESCHEDULE_FORCE_ANNOTATION) == token
-    )
-    return Request(annotation, token, force, requested_by(job, annotation))
 
 
 def with_request(job: Job, annotation: str, token: str, *, force: bool = False) -> Job:
@@ -229,25 +154,14 @@ def with_request(job: Job, annotation: str, token: str, *, force: bool = False) 
     return job.model_copy(update={"metadata": metadata})
 
 
-def invalid_reason(request: Request) -> tuple[str, str] | None:
-    """Why a request cannot be honoured (reason, message), or None if it can."""
-    if len(request.token) > TOKEN_MAX_LENGTH:
-        return (
-            "TokenTooLong",
-            f"{request.annotation} is {len(request.token)} characters long; "
-            f"at most {TOKEN_MAX_LENGTH} are allowed",
-        )
-    return None
-
-
 # --- status helpers ---------------------------------------------------------------------
 
 
 def set_condition(
     status: JobStatus,
-    type_: str,
+    type_: names.ConditionType,
     value: bool,
-    reason: str,
+    reason: names.ConditionReason,
     message: str,
     now: datetime,
     generation: int | None,
@@ -304,7 +218,7 @@ def _requeued(job: Job, reason: HistoryReason, now: datetime) -> JobStatus:
             "observed_generation": job.metadata.generation,
             "conditions": set_condition(
                 status,
-                DISPATCHED,
+                names.DISPATCHED,
                 False,
                 "Pending",
                 "waiting for an ExecutorCluster",
@@ -318,13 +232,15 @@ def _requeued(job: Job, reason: HistoryReason, now: datetime) -> JobStatus:
 # --- the rules --------------------------------------------------------------------------
 
 
-def reject(job: Job, request: Request, reason: str, message: str, now: datetime) -> Decision:
+def reject(
+    job: Job, request: Request, reason: names.ConditionReason, message: str, now: datetime
+) -> Decision:
     """A request that cannot be honoured: recorded so it is not retried, no state change."""
     status = job.status
-    condition_type = (
-        RESCHEDULE_REQUEST_VALID
+    condition_type: names.ConditionType = (
+        names.RESCHEDULE_REQUEST_VALID
         if request.annotation == names.RESCHEDULE_ANNOTATION
-        else CANCEL_REQUEST_VALID
+        else names.CANCEL_REQUEST_VALID
     )
     record = RejectedRequest(
         annotation=request.annotation,
@@ -344,12 +260,7 @@ def reject(job: Job, request: Request, reason: str, message: str, now: datetime)
             ),
         }
     )
-    event_reason = (
-        "InvalidRescheduleRequest"
-        if condition_type == RESCHEDULE_REQUEST_VALID
-        else "InvalidCancelRequest"
-    )
-    return Decision(new, (Event("Warning", event_reason, message, request.key),))
+    return Decision(status, new)
 
 
 def reschedule(job: Job, request: Request, now: datetime) -> Decision:
@@ -369,12 +280,12 @@ def reschedule(job: Job, request: Request, now: datetime) -> Decision:
         skipped = record.model_copy(update={"outcome": "skipped_terminal"})
         message = f"job is {status.state}; set {names.RESCHEDULE_FORCE_ANNOTATION} to force"
         conditions = set_condition(
-            status, RESCHEDULED, False, "SkippedTerminal", message, now, generation
+            status, names.RESCHEDULED, False, "SkippedTerminal", message, now, generation
         )
         new = status.model_copy(update={"reschedule": skipped, "conditions": conditions})
         new = _valid(new, now, generation)
-        return Decision(new, (Event("Normal", "RescheduleSkipped", message, request.key),))
-    reason = "Forced" if request.force else "ManualRequest"
+        return Decision(status, new)
+    reason: names.ConditionReason = "Forced" if request.force else "ManualRequest"
     requeued = _requeued(job, "Rescheduled", now)
     message = (
         f"rescheduled from {status.state}"
@@ -387,22 +298,17 @@ def reschedule(job: Job, request: Request, now: datetime) -> Decision:
             "auto_reschedules": 0,
             "dispatch_after": None,
             "conditions": set_condition(
-                requeued, RESCHEDULED, True, reason, message, now, generation
+                requeued, names.RESCHEDULED, True, reason, message, now, generation
             ),
         }
     )
-    new = _valid(new, now, generation)
-    return Decision(
-        new,
-        (Event("Normal", "Rescheduled", message, request.key),),
-        delete_executor=status.executor,
-    )
+    return Decision(status, _valid(new, now, generation))
 
 
 def _valid(status: JobStatus, now: datetime, generation: int | None) -> JobStatus:
     conditions = set_condition(
         status,
-        RESCHEDULE_REQUEST_VALID,
+        names.RESCHEDULE_REQUEST_VALID,
         True,
         "Accepted",
         "the last reschedule request was handled",
@@ -423,11 +329,10 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
     )
     if status.terminal:
         skipped = record.model_copy(update={"outcome": "skipped_terminal"})
-        message = f"job is already {status.state}; cancel ignored"
         new = _cancel_valid(
             status.model_copy(update={"cancel": skipped}), now, job.metadata.generation
         )
-        return Decision(new, (Event("Normal", "CancelSkipped", message, request.key),))
+        return Decision(status, new)
     history = status.history
     if status.executor is not None:  # the attempt ends here, and its executor goes
         ended = status.model_copy(update={"state": "cancelled"})
@@ -446,7 +351,7 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
             "observed_generation": job.metadata.generation,
             "conditions": set_condition(
                 status,
-                DISPATCHED,
+                names.DISPATCHED,
                 False,
                 "Cancelled",
                 "job cancelled",
@@ -455,20 +360,16 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
             ),
         }
     )
-    new = _cancel_valid(new, now, job.metadata.generation)
-    message = "cancelled" + (f"; deleting {status.executor}" if status.executor else "")
-    return Decision(
-        new, (Event("Normal", "Cancelled", message, request.key),), delete_executor=status.executor
-    )
+    return Decision(status, _cancel_valid(new, now, job.metadata.generation))
 
 
 def _cancel_valid(status: JobStatus, now: datetime, generation: int | None) -> JobStatus:
     """A handled cancel clears an earlier rejection (CancelRequestValid=False), if any."""
-    if status.condition(CANCEL_REQUEST_VALID) is None:
+    if status.condition(names.CANCEL_REQUEST_VALID) is None:
         return status
     conditions = set_condition(
         status,
-        CANCEL_REQUEST_VALID,
+        names.CANCEL_REQUEST_VALID,
         True,
         "Accepted",
         "the last cancel request was handled",
@@ -480,23 +381,18 @@ def _cancel_valid(status: JobStatus, now: datetime, generation: int | None) -> J
 
 def handle_requests(job: Job, now: datetime) -> Decision:
     """Every unhandled request annotation, cancel first, as one decision."""
-    decision = Decision(job.status)
+    current = job
     for annotation, rule in (
         (names.CANCEL_ANNOTATION, cancel),
         (names.RESCHEDULE_ANNOTATION, reschedule),
     ):
-        current = job.model_copy(update={"status": decision.status})
         request = pending_request(current, annotation)
         if request is None:
             continue
         invalid = invalid_reason(request)
         step = reject(current, request, *invalid, now) if invalid else rule(current, request, now)
-        decision = Decision(
-            step.status,
-            decision.events + step.events,
-            step.delete_executor or decision.delete_executor,
-        )
-    return decision
+        current = current.model_copy(update={"status": step.status})
+    return Decision(job.status, current.status)
 
 
 def dispatch_due(job: Job, now: datetime) -> timedelta | None:
@@ -517,7 +413,7 @@ def dispatch(job: Job, executor: str, now: datetime) -> Decision:
     """Place a pending job on a fresh ExecutorCluster (already created under `executor`)."""
     status = job.status
     if dispatch_due(job, now) != timedelta(0):
-        return Decision(status)
+        return Decision(status, status)
     attempt = status.attempt + 1
     new = status.model_copy(
         update={
@@ -529,7 +425,7 @@ def dispatch(job: Job, executor: str, now: datetime) -> Decision:
             "observed_generation": job.metadata.generation,
             "conditions": set_condition(
                 status,
-                DISPATCHED,
+                names.DISPATCHED,
                 True,
                 "ExecutorCreated",
                 f"attempt {attempt} on {executor}",
@@ -538,14 +434,14 @@ def dispatch(job: Job, executor: str, now: datetime) -> Decision:
             ),
         }
     )
-    return Decision(new)
+    return Decision(status, new)
 
 
 def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision:
     """The job's executor is gone: reschedule automatically, within the job's budget."""
     status = job.status
     if status.terminal or status.executor is None:
-        return Decision(status)
+        return Decision(status, status)
     lost = status.executor
     generation = job.metadata.generation
     if status.auto_reschedules >= job.spec.max_auto_reschedules:
@@ -566,15 +462,17 @@ def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision
                 "result": None,
                 "observed_generation": generation,
                 "conditions": set_condition(
-                    status, DISPATCHED, False, "ExecutorLostTooOften", message, now, generation
+                    status,
+                    names.DISPATCHED,
+                    False,
+                    "ExecutorLostTooOften",
+                    message,
+                    now,
+                    generation,
                 ),
             }
         )
-        return Decision(
-            new,
-            (Event("Warning", "ExecutorLostTooOften", message, f"lost:{lost}"),),
-            delete_executor=lost,
-        )
+        return Decision(status, new)
     losses = status.auto_reschedules + 1
     delay = policy.backoff(losses)
     message = (
@@ -588,13 +486,11 @@ def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision
             "dispatch_after": rfc3339(now + delay),
             "message": message,
             "conditions": set_condition(
-                requeued, RESCHEDULED, True, "ExecutorLost", message, now, generation
+                requeued, names.RESCHEDULED, True, "ExecutorLost", message, now, generation
             ),
         }
     )
-    return Decision(
-        new, (Event("Warning", "ExecutorLost", message, f"lost:{lost}"),), delete_executor=lost
-    )
+    return Decision(status, new)
 
 
 def follow_executor(
@@ -610,11 +506,11 @@ def follow_executor(
     """
     status = job.status
     if status.executor != name or status.terminal:
-        return Decision(status)
+        return Decision(status, status)
     if executor is None or executor.metadata.deletion_timestamp:
         return executor_lost(job, policy, now, "was deleted")
     if executor.spec.job_ref.uid != job.metadata.uid:
-        return Decision(status)
+        return Decision(status, status)
     phase = executor.status.phase
     stamp = rfc3339(now)
     generation = job.metadata.generation
@@ -622,6 +518,7 @@ def follow_executor(
         return executor_lost(job, policy, now, "was terminated")
     if phase == "Running" and status.state != "running":
         return Decision(
+            status,
             status.model_copy(
                 update={
                     "state": "running",
@@ -629,10 +526,11 @@ def follow_executor(
                     "updated_at": stamp,
                     "observed_generation": generation,
                 }
-            )
+            ),
         )
     if phase == "Succeeded":
         return Decision(
+            status,
             status.model_copy(
                 update={
                     "state": "completed",
@@ -644,10 +542,11 @@ def follow_executor(
                     "updated_at": stamp,
                     "observed_generation": generation,
                 }
-            )
+            ),
         )
     if phase == "Failed":
         return Decision(
+            status,
             status.model_copy(
                 update={
                     "state": "failed",
@@ -659,30 +558,23 @@ def follow_executor(
                     "observed_generation": generation,
                 }
             ),
-            (
-                Event(
-                    "Warning",
-                    "ExecutorFailed",
-                    executor.status.message or f"{name} failed",
-                    f"failed:{name}",
-                ),
-            ),
         )
-    return Decision(status)
+    return Decision(status, status)
 
 
 def initialise(job: Job, now: datetime) -> Decision:
     """A new job (no status yet) starts pending."""
     if job.status.updated_at is not None:
-        return Decision(job.status)
+        return Decision(job.status, job.status)
     return Decision(
+        job.status,
         job.status.model_copy(
             update={
                 "state": "pending",
                 "updated_at": rfc3339(now),
                 "observed_generation": job.metadata.generation,
             }
-        )
+        ),
     )
 
 
@@ -727,13 +619,11 @@ def events(
             made.append(Event("Normal", "RescheduleSkipped", message, key))
     for rejected in status.rejected_requests:
         if recorded(rejected not in old.rejected_requests, rejected.rejected_at):
-            reason = (
-                "InvalidRescheduleRequest"
-                if rejected.annotation == names.RESCHEDULE_ANNOTATION
-                else "InvalidCancelRequest"
-            )
             key = request_key(rejected.annotation, rejected.token_digest)
-            made.append(Event("Warning", reason, rejected.message, key))
+            if rejected.annotation == names.RESCHEDULE_ANNOTATION:
+                made.append(Event("Warning", "InvalidRescheduleRequest", rejected.message, key))
+            else:
+                made.append(Event("Warning", "InvalidCancelRequest", rejected.message, key))
     if before is None or before.terminal or before.executor is None:
         return tuple(made)
     left = before.executor
@@ -839,45 +729,8 @@ def _outcomes(before: JobStatus, after: JobStatus) -> list[Outcome]:
     return found
 
 
-def event_name(job: Job, event: Event) -> str:
-    """A stable name for an event: the same event about the same job, the same name."""
-    digest = hashlib.sha256(f"{job.metadata.uid}/{event.key}".encode()).hexdigest()[:16]
+def event_name(job: Job, key: str) -> str:
+    """A stable name for the event about `key` (`Event.key`) of a job: the same event
+    about the same job, the same name."""
+    digest = hashlib.sha256(f"{job.metadata.uid}/{key}".encode()).hexdigest()[:16]
     return f"{job.metadata.name[:200]}.{digest}"
-
-
-def new_executor_name(uuid: str) -> str:
-    return f"{names.EXECUTOR_NAME_PREFIX}{uuid}"
-
-
-def executor_manifest(job: Job, name: str) -> dict[str, Any]:
-    """The ExecutorCluster for the job's next attempt, owned by the job."""
-    meta = job.metadata
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.EXECUTOR_KIND,
-        "metadata": {
-            "name": name,
-            "namespace": meta.namespace,
-            "labels": {names.JOB_NAME_LABEL: label_value(meta.name), names.JOB_UID_LABEL: meta.uid},
-            "ownerReferences": [
-                {
-                    "apiVersion": names.API_VERSION,
-                    "kind": names.JOB_KIND,
-                    "name": meta.name,
-                    "uid": meta.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": {
-            "jobRef": {"name": meta.name, "uid": meta.uid},
-            "attempt": job.status.attempt + 1,
-            "executorClass": job.spec.executor_class,
-        },
-    }
-
-
-def label_value(text: str) -> str:
-    """`text` cut to a valid label value (63 characters, alphanumeric at both ends)."""
-    return text[:63].rstrip("-_.")

@@ -316,7 +316,7 @@ class Kube:
         body: Any = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": event_name(job, event), "namespace": meta.namespace},
+            "metadata": {"name": event_name(job, event.key), "namespace": meta.namespace},
             "involvedObject": {
                 "apiVersion": names.API_VERSION,
                 "kind": names.JOB_KIND,

@@ -4,7 +4,7 @@ The CRDs (crds/), the models, the handlers, the CLI and the tests all take their
 names from here, as ../CONTRACT.md fixes them.
 """
 
-from typing import Final
+from typing import Final, Literal
 
 GROUP: Final = "job-operator.dev"
 VERSION: Final = "v1"
@@ -35,8 +35,46 @@ SIMULATE_RUN_SECONDS_ANNOTATION: Final = "simulate.job-operator.dev/run-seconds"
 JOB_NAME_LABEL: Final = f"{GROUP}/job-name"
 JOB_UID_LABEL: Final = f"{GROUP}/job-uid"
 
-# The field manager the operator writes with (and recognises as itself).
+# The field managers of the operator's writes (and how it recognises its own), and of
+# the CLI's request annotations.
 FIELD_MANAGER: Final = "job-operator"
+CLI_FIELD_MANAGER: Final = "job-operator-cli"
+
+# The Lease the replicas of the operator elect their leader with (`run --lease-name`).
+LEASE_NAME: Final = "job-operator-leader"
+
+# Condition types on a Job's status.
+ConditionType = Literal["Dispatched", "Rescheduled", "RescheduleRequestValid", "CancelRequestValid"]
+DISPATCHED: Final = "Dispatched"
+RESCHEDULED: Final = "Rescheduled"
+RESCHEDULE_REQUEST_VALID: Final = "RescheduleRequestValid"
+CANCEL_REQUEST_VALID: Final = "CancelRequestValid"
+
+# Reasons of conditions.
+ConditionReason = Literal[
+    "Pending",
+    "ExecutorCreated",
+    "Cancelled",
+    "SkippedTerminal",
+    "Forced",
+    "ManualRequest",
+    "ExecutorLost",
+    "ExecutorLostTooOften",
+    "Accepted",
+    "TokenTooLong",
+]
+# Reasons of the Events the operator posts on Jobs.
+EventReason = Literal[
+    "Rescheduled",
+    "RescheduleSkipped",
+    "InvalidRescheduleRequest",
+    "Cancelled",
+    "CancelSkipped",
+    "InvalidCancelRequest",
+    "ExecutorLost",
+    "ExecutorLostTooOften",
+    "ExecutorFailed",
+]
 
 # The HTTP API's writes are made as the caller, under this field manager followed by the
 # caller's user name (so status.reschedule.requestedBy names them).

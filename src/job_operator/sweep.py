@@ -82,7 +82,7 @@ async def repair_events(controller: Controller) -> None:
                 for event in core.events(job.status, since=since):
                     if posted is None:  # read only when some job has recent requests
                         posted = await api.event_names(namespace)
-                    if core.event_name(job, event) not in posted:
+                    if core.event_name(job, event.key) not in posted:
                         log.info(
                             "posting the missed %s event of %s/%s",
                             event.reason,

@@ -54,8 +54,6 @@ OPERATOR_TEST_FLAGS = (
     "1",
     "--sweep-interval",
     f"{SWEEP_INTERVAL:g}",
-    "--dangling-grace",
-    "3",
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from job_operator import core, names
+from job_operator import core, executors, names
 from job_operator.cache import is_newer
 from job_operator.controller import Api
 from job_operator.kube import Conflict, Kube, NotFound
@@ -48,7 +48,7 @@ class Side:
         return Job.model_validate(raw)
 
     def manifest(self, job: Job, name: str) -> dict[str, Any]:
-        return core.executor_manifest(job, name)
+        return executors.executor_manifest(job, name)
 
 
 @pytest.fixture(params=["double", "server"])
@@ -65,7 +65,7 @@ async def side(request: pytest.FixtureRequest) -> AsyncIterator[Side]:
 
 
 def fresh_name() -> str:
-    return core.new_executor_name(str(uuid.uuid4()))
+    return executors.new_executor_name(str(uuid.uuid4()))
 
 
 async def test_a_status_write_is_a_compare_and_swap_on_the_resource_version(side: Side) -> None:
@@ -126,9 +126,9 @@ async def test_an_event_is_posted_once_per_name(side: Side) -> None:
     assert await side.api.post_event(job, event)
     assert await side.api.post_event(job, event)  # the same again: refused, and fine
     posted = await side.api.event_names(side.namespace)
-    assert core.event_name(job, event) in posted
+    assert core.event_name(job, event.key) in posted
     other = core.Event("Normal", "Rescheduled", "again", "key-2")
-    assert core.event_name(job, other) not in posted
+    assert core.event_name(job, other.key) not in posted
 
 
 async def test_lists_have_every_object_without_managed_fields(side: Side) -> None:

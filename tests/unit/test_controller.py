@@ -304,7 +304,7 @@ async def test_repair_posts_a_crashs_lost_event_once() -> None:
     (event,) = api.events.values()
     assert event["reason"] == "Rescheduled"
     job = api.job("nightly")
-    assert event["metadata"]["name"] == core.event_name(job, core.events(job.status)[0])
+    assert event["metadata"]["name"] == core.event_name(job, core.events(job.status)[0].key)
 
 
 async def test_a_job_that_keeps_changing_is_given_up_for_now() -> None:

@@ -192,8 +192,10 @@ class ControllerWorld(RuleBasedStateMachine):
             if valid and valid[-1] == tokens[-1]:
                 assert record is not None and record.request == tokens[-1]
                 digest = core.token_digest(tokens[-1])
-                event = core.Event("Normal", "", "", core.request_key(annotation, digest))
-                assert ("default", core.event_name(job, event)) in self.api.events
+                assert (
+                    "default",
+                    core.event_name(job, core.request_key(annotation, digest)),
+                ) in self.api.events
         for entry in status.history:
             if entry.reason == "Rescheduled" and entry.state in ("completed", "failed"):
                 assert self.forced, "a finished attempt was reset without force"

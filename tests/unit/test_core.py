@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from job_operator import core, names
-from job_operator.core import Decision, Policy, Request
+from job_operator import core, executors, names, requests
+from job_operator.core import Decision, Policy
 from job_operator.models import (
     HISTORY_LIMIT,
     TOKEN_MAX_LENGTH,
@@ -21,6 +21,7 @@ from job_operator.models import (
     JobStatus,
     RescheduleRecord,
 )
+from job_operator.requests import Request
 from tests.unit.factories import (
     JOB_UID,
     NOW,
@@ -58,7 +59,7 @@ FIRST_ATTEMPT = HistoryEntry(
     reason="ExecutorLost",
 )
 DISPATCHED_TRUE = Condition(
-    type=core.DISPATCHED,
+    type=names.DISPATCHED,
     status="True",
     reason="ExecutorCreated",
     message="attempt 2",
@@ -123,8 +124,8 @@ def digest(token: str) -> str:
 @pytest.mark.parametrize("annotations", [{}, {RESCHEDULE: ""}, {FORCE: "1"}, {CANCEL: ""}])
 def test_absent_or_empty_annotation_is_no_request(annotations: dict[str, str]) -> None:
     job = annotated(job_in("running"), annotations)
-    assert core.pending_request(job, RESCHEDULE) is None
-    assert core.pending_request(job, CANCEL) is None
+    assert requests.pending_request(job, RESCHEDULE) is None
+    assert requests.pending_request(job, CANCEL) is None
     decision = core.handle_requests(job, NOW)
     assert decision.status == job.status
     assert decision.events == ()
@@ -146,13 +147,13 @@ def test_force_only_when_force_annotation_equals_token(
     force_annotation: str | None, forced: bool
 ) -> None:
     job = requesting(job_in("running"), "t-2", force=force_annotation)
-    request = core.pending_request(job, RESCHEDULE)
+    request = requests.pending_request(job, RESCHEDULE)
     assert request == Request(RESCHEDULE, "t-2", forced, None)
 
 
 def test_force_annotation_does_not_apply_to_cancel() -> None:
     job = annotated(job_in("running"), {CANCEL: "c-1", FORCE: "c-1"})
-    assert core.pending_request(job, CANCEL) == Request(CANCEL, "c-1", False, None)
+    assert requests.pending_request(job, CANCEL) == Request(CANCEL, "c-1", False, None)
 
 
 def test_same_token_is_handled_once() -> None:
@@ -161,7 +162,7 @@ def test_same_token_is_handled_once() -> None:
     assert first.status.reschedule is not None
     assert first.status.reschedule.request == "t-1"
     handled = apply(job, first)
-    assert core.pending_request(handled, RESCHEDULE) is None
+    assert requests.pending_request(handled, RESCHEDULE) is None
     again = core.handle_requests(handled, NOW + timedelta(minutes=1))
     assert again.status == handled.status
     assert again.events == ()
@@ -206,7 +207,7 @@ def test_requested_by_reads_the_annotation_owner() -> None:
             managed_entry("kubectl-annotate", "2025-03-14T11:00:00Z", RESCHEDULE),
         ]
     )
-    assert core.requested_by(job, RESCHEDULE) == "kubectl-annotate"
+    assert requests.requested_by(job, RESCHEDULE) == "kubectl-annotate"
 
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
@@ -216,7 +217,7 @@ def test_requested_by_latest_time_wins(order: tuple[int, int]) -> None:
         managed_entry("job-operator-cli", "2025-03-14T11:30:00Z", RESCHEDULE, FORCE),
     ]
     job = make_job(managed_fields=[entries[i] for i in order])
-    assert core.requested_by(job, RESCHEDULE) == "job-operator-cli"
+    assert requests.requested_by(job, RESCHEDULE) == "job-operator-cli"
 
 
 def test_requested_by_ignores_owners_of_other_annotations() -> None:
@@ -227,9 +228,9 @@ def test_requested_by_ignores_owners_of_other_annotations() -> None:
             managed_entry("canceller", "2025-03-14T12:30:00Z", CANCEL),
         ]
     )
-    assert core.requested_by(job, RESCHEDULE) == "flux"
-    assert core.requested_by(job, CANCEL) == "canceller"
-    assert core.requested_by(make_job(), RESCHEDULE) is None
+    assert requests.requested_by(job, RESCHEDULE) == "flux"
+    assert requests.requested_by(job, CANCEL) == "canceller"
+    assert requests.requested_by(make_job(), RESCHEDULE) is None
 
 
 def test_requested_by_is_recorded_in_the_outcome() -> None:
@@ -242,7 +243,7 @@ def test_requested_by_is_recorded_in_the_outcome() -> None:
         ),
         "t-1",
     )
-    request = core.pending_request(job, RESCHEDULE)
+    request = requests.pending_request(job, RESCHEDULE)
     assert request is not None
     assert request.requested_by == "kubectl-annotate"
     record = core.handle_requests(job, NOW).status.reschedule
@@ -272,13 +273,13 @@ def test_reschedule_outcome_table(state: JobState, force: bool) -> None:
     )
     assert decision.status.state == (state if skipped else "pending")
     assert reasons(decision) == [("Normal", "RescheduleSkipped" if skipped else "Rescheduled")]
-    rescheduled = condition(decision.status, core.RESCHEDULED)
+    rescheduled = condition(decision.status, names.RESCHEDULED)
     assert rescheduled.status == ("False" if skipped else "True")
     assert rescheduled.reason == (
         "SkippedTerminal" if skipped else ("Forced" if force else "ManualRequest")
     )
     assert rescheduled.last_transition_time == STAMP
-    valid = condition(decision.status, core.RESCHEDULE_REQUEST_VALID)
+    valid = condition(decision.status, names.RESCHEDULE_REQUEST_VALID)
     assert (valid.status, valid.reason) == ("True", "Accepted")
 
 
@@ -310,7 +311,7 @@ def test_reschedule_non_terminal_requeues(state: JobState, force: bool) -> None:
             reason="Rescheduled",
         ),
     ]
-    dispatched = condition(new, core.DISPATCHED)
+    dispatched = condition(new, names.DISPATCHED)
     assert (dispatched.status, dispatched.last_transition_time) == ("False", STAMP)
     assert core.dispatch_due(apply(job, decision), NOW) == timedelta(0)
 
@@ -375,13 +376,13 @@ def test_reschedule_terminal_unforced_changes_only_the_record(
         assert getattr(new, field) == getattr(old, field), field
     # ... and nothing else beyond the record and the two conditions
     assert new.model_copy(update={"reschedule": None, "conditions": old.conditions}) == old
-    assert condition(new, core.DISPATCHED) == DISPATCHED_TRUE
-    skipped = condition(new, core.RESCHEDULED)
+    assert condition(new, names.DISPATCHED) == DISPATCHED_TRUE
+    skipped = condition(new, names.RESCHEDULED)
     assert (skipped.status, skipped.reason) == ("False", "SkippedTerminal")
     assert {c.type for c in new.conditions} == {
-        core.DISPATCHED,
-        core.RESCHEDULED,
-        core.RESCHEDULE_REQUEST_VALID,
+        names.DISPATCHED,
+        names.RESCHEDULED,
+        names.RESCHEDULE_REQUEST_VALID,
     }
     assert decision.delete_executor is None
     assert reasons(decision) == [("Normal", "RescheduleSkipped")]
@@ -414,7 +415,7 @@ def test_reschedule_terminal_forced_moves_result_and_end_into_history(state: Job
         ),
     ]
     assert decision.delete_executor == old.executor
-    reason = condition(new, core.RESCHEDULED).reason
+    reason = condition(new, names.RESCHEDULED).reason
     assert reason == "Forced"
     assert reasons(decision) == [("Normal", "Rescheduled")]
 
@@ -485,10 +486,10 @@ def test_over_long_token_is_rejected_without_state_change(state: JobState, force
     assert rejected.token_digest == digest(token)
     assert rejected.reason == "TokenTooLong"
     assert rejected.rejected_at == STAMP
-    valid = condition(new, core.RESCHEDULE_REQUEST_VALID)
+    valid = condition(new, names.RESCHEDULE_REQUEST_VALID)
     assert (valid.status, valid.reason) == ("False", "TokenTooLong")
     assert str(TOKEN_MAX_LENGTH) in valid.message
-    assert new.condition(core.RESCHEDULED) is None
+    assert new.condition(names.RESCHEDULED) is None
     assert reasons(decision) == [("Warning", "InvalidRescheduleRequest")]
     assert decision.events[0].message == valid.message
 
@@ -497,7 +498,7 @@ def test_rejected_token_is_not_retried_and_a_later_valid_token_is_handled() -> N
     long_token = "7" * 300
     job = requesting(job_in("running"), long_token)
     rejected = apply(job, core.handle_requests(job, NOW))
-    assert core.pending_request(rejected, RESCHEDULE) is None
+    assert requests.pending_request(rejected, RESCHEDULE) is None
     again = core.handle_requests(rejected, NOW + timedelta(seconds=5))
     assert again.status == rejected.status
     assert again.events == ()
@@ -507,7 +508,7 @@ def test_rejected_token_is_not_retried_and_a_later_valid_token_is_handled() -> N
     assert decision.status.reschedule is not None
     assert decision.status.reschedule.request == "t-2"
     assert decision.status.state == "pending"
-    valid = condition(decision.status, core.RESCHEDULE_REQUEST_VALID)
+    valid = condition(decision.status, names.RESCHEDULE_REQUEST_VALID)
     assert (valid.status, valid.reason) == ("True", "Accepted")
     assert valid.last_transition_time == core.rfc3339(later)
 
@@ -530,29 +531,29 @@ def test_over_long_cancel_token_is_rejected() -> None:
     assert decision.delete_executor is None
     [rejected] = decision.status.rejected_requests
     assert (rejected.annotation, rejected.token_digest) == (CANCEL, digest(token))
-    valid = condition(decision.status, core.CANCEL_REQUEST_VALID)
+    valid = condition(decision.status, names.CANCEL_REQUEST_VALID)
     assert (valid.status, valid.reason) == ("False", "TokenTooLong")
     assert reasons(decision) == [("Warning", "InvalidCancelRequest")]
-    assert core.pending_request(apply(job, decision), CANCEL) is None
+    assert requests.pending_request(apply(job, decision), CANCEL) is None
 
 
 @pytest.mark.parametrize("state", ["running", "completed"])
 def test_a_later_valid_cancel_clears_the_rejection(state: JobState) -> None:
     job = annotated(job_in(state), {CANCEL: "c" * 300})
     rejected = apply(job, core.handle_requests(job, NOW))
-    assert condition(rejected.status, core.CANCEL_REQUEST_VALID).status == "False"
+    assert condition(rejected.status, names.CANCEL_REQUEST_VALID).status == "False"
     later = NOW + timedelta(seconds=10)
     decision = core.handle_requests(annotated(rejected, {CANCEL: "c-2"}), later)
     assert decision.status.cancel is not None
     assert decision.status.cancel.request == "c-2"
-    valid = condition(decision.status, core.CANCEL_REQUEST_VALID)
+    valid = condition(decision.status, names.CANCEL_REQUEST_VALID)
     assert (valid.status, valid.reason) == ("True", "Accepted")
     assert valid.last_transition_time == core.rfc3339(later)
 
 
 def test_a_valid_cancel_adds_no_validity_condition_of_its_own() -> None:
     decision = core.handle_requests(annotated(job_in("running"), {CANCEL: "c-1"}), NOW)
-    assert decision.status.condition(core.CANCEL_REQUEST_VALID) is None
+    assert decision.status.condition(names.CANCEL_REQUEST_VALID) is None
 
 
 # --- cancel ----------------------------------------------------------------------------
@@ -603,7 +604,7 @@ def test_cancel_terminal_is_skipped(state: JobState) -> None:
 def test_cancel_is_handled_once_per_token() -> None:
     job = annotated(job_in("running"), {CANCEL: "c-1"})
     cancelled = apply(job, core.handle_requests(job, NOW))
-    assert core.pending_request(cancelled, CANCEL) is None
+    assert requests.pending_request(cancelled, CANCEL) is None
     again = core.handle_requests(cancelled, NOW + timedelta(seconds=1))
     assert again.status == cancelled.status
     assert again.events == ()
@@ -686,7 +687,7 @@ def test_dispatch_places_the_job() -> None:
     assert new.state == "pending"
     assert new.dispatch_after is None
     assert new.updated_at == STAMP
-    dispatched = condition(new, core.DISPATCHED)
+    dispatched = condition(new, names.DISPATCHED)
     assert (dispatched.status, dispatched.reason) == ("True", "ExecutorCreated")
     assert NEW_EXECUTOR in dispatched.message
     assert decision.delete_executor is None
@@ -868,7 +869,7 @@ def test_executor_lost_reschedules_automatically() -> None:
         reason="ExecutorLost",
     )
     assert new.reschedule == record  # status.reschedule is left alone
-    lost = condition(new, core.RESCHEDULED)
+    lost = condition(new, names.RESCHEDULED)
     assert (lost.status, lost.reason) == ("True", "ExecutorLost")
     assert decision.delete_executor == OLD_EXECUTOR
     assert reasons(decision) == [("Warning", "ExecutorLost")]
@@ -983,9 +984,9 @@ def test_large_budget_losses_do_not_overflow() -> None:
 
 def test_executor_manifest() -> None:
     job = job_in("pending", executor=None, attempt=2, executor_class="gpu")
-    name = core.new_executor_name("98e1f48e-bf54-4f11-bbd1-73c445120266")
+    name = executors.new_executor_name("98e1f48e-bf54-4f11-bbd1-73c445120266")
     assert name == "job-executor-98e1f48e-bf54-4f11-bbd1-73c445120266"
-    assert core.executor_manifest(job, name) == {
+    assert executors.executor_manifest(job, name) == {
         "apiVersion": "job-operator.dev/v1",
         "kind": "ExecutorCluster",
         "metadata": {
@@ -1015,14 +1016,14 @@ def test_executor_manifest() -> None:
 
 
 def test_executor_manifest_is_the_next_attempt_of_a_fresh_job() -> None:
-    manifest = core.executor_manifest(make_job(), NEW_EXECUTOR)
+    manifest = executors.executor_manifest(make_job(), NEW_EXECUTOR)
     assert manifest["spec"]["attempt"] == 1
     assert manifest["spec"]["executorClass"] == "default"
 
 
 def test_executor_manifest_truncates_a_long_job_name_in_its_label() -> None:
     long_name = "a" * 62 + "-" + "b" * 40
-    manifest = core.executor_manifest(make_job(name=long_name), NEW_EXECUTOR)
+    manifest = executors.executor_manifest(make_job(name=long_name), NEW_EXECUTOR)
     assert manifest["metadata"]["labels"][names.JOB_NAME_LABEL] == "a" * 62
     assert manifest["spec"]["jobRef"]["name"] == long_name
     assert manifest["metadata"]["ownerReferences"][0]["name"] == long_name
@@ -1041,8 +1042,8 @@ def test_executor_manifest_truncates_a_long_job_name_in_its_label() -> None:
     ],
 )
 def test_label_value(text: str, value: str) -> None:
-    assert core.label_value(text) == value
-    assert len(core.label_value(text)) <= 63
+    assert executors.label_value(text) == value
+    assert len(executors.label_value(text)) <= 63
 
 
 # --- conditions and small helpers ----------------------------------------------------------
@@ -1051,7 +1052,7 @@ def test_label_value(text: str, value: str) -> None:
 def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
     status = JobStatus(conditions=[DISPATCHED_TRUE])
     conditions = core.set_condition(
-        status, core.DISPATCHED, True, "ExecutorCreated", "attempt 3", NOW, 4
+        status, names.DISPATCHED, True, "ExecutorCreated", "attempt 3", NOW, 4
     )
     [dispatched] = conditions
     assert dispatched.last_transition_time == EARLIER
@@ -1060,17 +1061,17 @@ def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
 
 def test_set_condition_moves_transition_time_when_status_changes() -> None:
     status = JobStatus(conditions=[DISPATCHED_TRUE])
-    [dispatched] = core.set_condition(status, core.DISPATCHED, False, "Pending", "", NOW, 1)
+    [dispatched] = core.set_condition(status, names.DISPATCHED, False, "Pending", "", NOW, 1)
     assert (dispatched.status, dispatched.reason) == ("False", "Pending")
     assert dispatched.last_transition_time == STAMP
 
 
 def test_set_condition_adds_a_new_type_and_keeps_the_others() -> None:
     status = JobStatus(conditions=[DISPATCHED_TRUE])
-    conditions = core.set_condition(status, core.RESCHEDULED, True, "Forced", "m", NOW, None)
+    conditions = core.set_condition(status, names.RESCHEDULED, True, "Forced", "m", NOW, None)
     assert conditions[0] == DISPATCHED_TRUE
     assert [(c.type, c.status, c.last_transition_time) for c in conditions[1:]] == [
-        (core.RESCHEDULED, "True", STAMP)
+        (names.RESCHEDULED, "True", STAMP)
     ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from job_operator import core, names
+from job_operator import core, executors, names
 from job_operator.core import Outcome, Plan, Policy
 from job_operator.models import ExecutorCluster, Job, JobState
 from tests.unit.factories import JOB_UID, NOW, make_executor, make_job, with_status
@@ -66,7 +66,7 @@ def test_a_new_job_is_dispatched_onto_a_fresh_cluster_in_one_plan() -> None:
     made = plan(job)
     assert made.status is not None
     assert (made.status.state, made.status.executor, made.status.attempt) == ("pending", FRESH, 1)
-    assert made.create == core.executor_manifest(job, FRESH)
+    assert made.create == executors.executor_manifest(job, FRESH)
     assert made.create["spec"]["attempt"] == 1
     assert made.delete == ()
     assert made.events == ()
@@ -327,7 +327,7 @@ def test_event_names_are_per_job_and_request() -> None:
     job = core.with_request(job_on("running"), RESCHEDULE, "t")
     (event,) = plan(job, cluster()).events
     other = with_status(make_job(uid="other-uid"), state="running")
-    assert core.event_name(job, event) != core.event_name(other, event)
+    assert core.event_name(job, event.key) != core.event_name(other, event.key)
     assert event.key == core.request_key(RESCHEDULE, core.token_digest("t"))
     assert JOB_UID  # the factories' uid names the default job
 

@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from job_operator import core, names
+from job_operator import core, executors, names
 from job_operator.core import Decision, Policy
 from job_operator.models import (
     HISTORY_LIMIT,
@@ -199,7 +199,9 @@ class JobWorld(RuleBasedStateMachine):
         self.job = make_job(max_auto_reschedules=budget)
         self.apply(core.initialise(self.job, self.now))
         if earlier:
-            self.prehistoric = {core.new_executor_name(str(uuid.uuid4())) for _ in range(earlier)}
+            self.prehistoric = {
+                executors.new_executor_name(str(uuid.uuid4())) for _ in range(earlier)
+            }
             history = [
                 HistoryEntry(attempt=i, executor=name, state="running", reason="Rescheduled")
                 for i, name in enumerate(sorted(self.prehistoric), start=1)
@@ -219,17 +221,19 @@ class JobWorld(RuleBasedStateMachine):
             if due is not None:  # waiting out a backoff
                 assert waiting is not None
                 assert due == core.parse_time(waiting) - self.now > timedelta(0)
-            decision = core.dispatch(self.job, core.new_executor_name(str(uuid.uuid4())), self.now)
+            decision = core.dispatch(
+                self.job, executors.new_executor_name(str(uuid.uuid4())), self.now
+            )
             assert decision.status == self.job.status, "dispatched while not due"
             return
         status = self.job.status
         assert status.state == "pending"
         assert status.executor is None
         assert status.dispatch_after is None or core.parse_time(status.dispatch_after) <= self.now
-        name = core.new_executor_name(str(uuid.uuid4()))
+        name = executors.new_executor_name(str(uuid.uuid4()))
         assert name not in self.dispatched
         assert name not in self.prehistoric
-        manifest = core.executor_manifest(self.job, name)
+        manifest = executors.executor_manifest(self.job, name)
         manifest["metadata"]["uid"] = str(uuid.uuid4())
         manifest["metadata"]["creationTimestamp"] = core.rfc3339(self.now)
         executor = ExecutorCluster.model_validate(manifest)

@@ -19,7 +19,7 @@ def request_event(job: dict[str, Any], token: str, reason: str) -> dict[str, Any
     model = Job.model_validate(job)
     key = core.request_key(names.RESCHEDULE_ANNOTATION, core.token_digest(token))
     return {
-        "metadata": {"name": core.event_name(model, core.Event("Normal", reason, "", key))},
+        "metadata": {"name": core.event_name(model, key)},
         "involvedObject": {"uid": UID, "name": "a"},
         "reason": reason,
     }

@@ -3,7 +3,7 @@ managedFields it never reads."""
 
 from __future__ import annotations
 
-from job_operator import core, names
+from job_operator import core, names, requests
 from job_operator.cache import JobCache
 from job_operator.models import Job
 from tests.unit.factories import NOW, make_job, managed_entry
@@ -46,9 +46,9 @@ def test_a_job_comes_back_equal_but_for_managed_fields() -> None:
             "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{names.RESCHEDULE_ANNOTATION}": {}}}},
         }
     ]
-    for annotation in core.REQUEST_ANNOTATIONS:
-        assert core.requested_by(back, annotation) == core.requested_by(job, annotation)
-    assert core.requested_by(back, names.RESCHEDULE_ANNOTATION) == "on-call"
+    for annotation in requests.REQUEST_ANNOTATIONS:
+        assert requests.requested_by(back, annotation) == requests.requested_by(job, annotation)
+    assert requests.requested_by(back, names.RESCHEDULE_ANNOTATION) == "on-call"
 
 
 def at_version(job: Job, version: str) -> Job:
