@@ -89,11 +89,16 @@ class ClusterCache:
 
     def __init__(self) -> None:
         self._by_job: dict[JobKey, dict[str, _Kept]] = {}
+        # Clusters this operator deleted whose deletion the watch has not reported yet:
+        # a late event or a list read before the deletion must not bring them back.
+        self._deleting: set[tuple[JobKey, str]] = set()
 
     def remember(self, cluster: ExecutorCluster, seen_at: float) -> bool:
         """Keep `cluster` unless a later version is kept. True if what a reconcile
         reads of it changed: it is new, or its phase or deletion is."""
         meta = cluster.metadata
+        if (owner_of(cluster), meta.name) in self._deleting:
+            return False
         clusters = self._by_job.setdefault(owner_of(cluster), {})
         kept = clusters.get(meta.name)
         if kept is not None and not is_newer(meta.resource_version, kept.version):
@@ -103,8 +108,14 @@ class ClusterCache:
         clusters[meta.name] = _Kept(meta.resource_version, seen_at, state, encoded)
         return kept is None or kept.state != state
 
+    def deleted(self, key: JobKey, name: str) -> None:
+        """This operator deleted the cluster: dropped, and kept out until `forget`."""
+        self.forget(key, name)
+        self._deleting.add((key, name))
+
     def forget(self, key: JobKey, name: str) -> bool:
-        """Drop a cluster (deleted); True if it was kept."""
+        """Drop a cluster (the watch saw it deleted); True if it was kept."""
+        self._deleting.discard((key, name))
         clusters = self._by_job.get(key)
         if clusters is None or clusters.pop(name, None) is None:
             return False
@@ -127,6 +138,11 @@ class ClusterCache:
         `listed_at` did not have, unless seen since: they are gone, unseen by the watch.
         Returns the jobs they named."""
         gone: set[JobKey] = set()
+        self._deleting = {
+            (key, name)
+            for key, name in self._deleting
+            if (key, name) in present or (namespace is not None and key[0] != namespace)
+        }
         for key, clusters in list(self._by_job.items()):
             if namespace is not None and key[0] != namespace:
                 continue

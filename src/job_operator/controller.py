@@ -189,7 +189,7 @@ class Controller:
                     self.unposted.append((job, event))
         for name in plan.delete:
             await self.api.delete_executor(key[0], name)
-            self.clusters.forget(key, name)
+            self.clusters.deleted(key, name)
         record(job, plan)
 
     async def delete_clusters_of_gone_job(self, key: JobKey) -> None:
@@ -197,7 +197,7 @@ class Controller:
             log.info("deleting %s/%s: its job is gone", key[0], cluster.metadata.name)
             if await self.api.delete_executor(key[0], cluster.metadata.name):
                 metrics.DANGLING_DELETED.inc()
-            self.clusters.forget(key, cluster.metadata.name)
+            self.clusters.deleted(key, cluster.metadata.name)
 
 
 def record(job: Job, plan: core.Plan) -> None:

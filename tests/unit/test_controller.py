@@ -11,6 +11,7 @@ import pytest
 from job_operator import core, metrics, names
 from job_operator.controller import Controller, OperatorConfig, utcnow
 from job_operator.kube import Conflict
+from job_operator.models import ExecutorCluster
 from job_operator.sweep import list_clusters, repair_events, sweep
 from tests.double import FakeApi
 
@@ -179,6 +180,23 @@ async def test_a_phase_from_a_cluster_the_job_left_changes_nothing() -> None:
     after = api.job("nightly").status
     assert (after.state, after.executor, after.result) == (before.state, before.executor, None)
     assert late.metadata.name not in api.cluster_names()
+
+
+async def test_a_late_event_of_a_cluster_it_deleted_does_not_bring_it_back() -> None:
+    api = FakeApi()
+    controller = controller_on(api)
+    first = await running_job(api, controller)
+    before_deletion = ExecutorCluster.model_validate(api.clusters[("default", first)])
+    api.annotate("nightly", {RESCHEDULE: "t-1"})
+    api.deliver(controller)
+    key = await controller.queue.get()
+    await controller.reconcile(key)  # deletes `first`; its DELETED event is on its way
+    controller.queue.done(key)
+    api.calls.clear()
+    controller.cluster_seen(before_deletion)  # an event from before, delivered late
+    await run_until_quiet(api, controller, deliver=False)  # before the DELETED event
+    await run_until_quiet(api, controller)
+    assert "delete executorclusters" not in api.calls and "get jobs" not in api.calls
 
 
 async def test_a_lost_cluster_is_replaced_and_counted() -> None:
