@@ -25,6 +25,7 @@ from typing import Any, Final
 from prometheus_client.metrics import Histogram, MetricWrapperBase
 
 from job_operator import cli, crd, metrics, names, views
+from job_operator.api import metrics as api_metrics
 from job_operator.models import Job
 
 REFERENCE_PATH = Path(__file__).resolve().parents[2] / "docs" / "reference.md"
@@ -226,6 +227,11 @@ METRIC_LABEL_VALUES: Final[Mapping[tuple[str, str], str]] = {
     ("job_operator_cancel_requests", "outcome"): "`cancelled`, `skipped_terminal`, `invalid`",
     ("job_operator_auto_reschedules", "result"): "`rescheduled`, `failed` (gave up: "
     "`ExecutorLostTooOften`)",
+    ("job_operator_api_requests", "route"): "the route's template, e.g. "
+    "`/v1/jobs/{job_id}/reschedule`; `unmatched` for paths no route serves",
+    ("job_operator_api_requests", "status"): "the HTTP status code",
+    ("job_operator_api_requests", "outcome"): "`rescheduled`, `skipped_terminal`, `none`",
+    ("job_operator_api_request_duration_seconds", "route"): "as for the requests counter",
     ("job_operator_errors", "stage"): "`reconcile`; `sweep` (a periodic check that failed); "
     "`repair` (the start-up check for events a crash kept from being posted); `parse` "
     "(objects the operator cannot read); `event` (an Event not posted, posted again later); "
@@ -573,21 +579,23 @@ def cli_section() -> str:
     return "\n".join(out)
 
 
-def collectors() -> list[MetricWrapperBase]:
-    """The operator's Prometheus collectors (`metrics.py`), by name."""
-    found = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
+def collectors(module: Any = metrics) -> list[MetricWrapperBase]:
+    """The Prometheus collectors a metrics module defines (the operator's by default)."""
+    found = [v for v in vars(module).values() if isinstance(v, MetricWrapperBase)]
     return sorted(found, key=lambda m: str(m._name))
 
 
 def metric_kinds() -> dict[str, str]:
-    """Each metric's family name (as a scrape's parser names it) and type."""
+    """Each of the operator's metrics' family name (as a scrape's parser names it) and type."""
     return {m._name: str(m._type) for m in collectors()}
 
 
-def metrics_section() -> str:
+def metric_rows(
+    found: list[MetricWrapperBase], unused: set[tuple[str, str]]
+) -> list[tuple[str, str, str, str]]:
+    """Rows of the metrics table; the label entries used are taken out of `unused`."""
     rows = []
-    unused = set(METRIC_LABEL_VALUES)
-    for metric in collectors():
+    for metric in found:
         name, kind = metric._name, str(metric._type)
         labels = []
         for label in metric._labelnames:
@@ -605,13 +613,24 @@ def metrics_section() -> str:
             bounds = [f"{b:g}" for b in metric._upper_bounds if b != float("inf")]
             meaning += f" Buckets (s): {', '.join(bounds)}."
         rows.append((f"`{exposed}`", kind, "; ".join(labels) or "-", meaning))
+    return rows
+
+
+def metrics_section() -> str:
+    unused = set(METRIC_LABEL_VALUES)
+    operator_rows = metric_rows(collectors(), unused)
+    api_rows = metric_rows(collectors(api_metrics), unused)
     if unused:
         raise ReferenceError(f"METRIC_LABEL_VALUES names unknown labels: {sorted(unused)}")
+    header = ("metric", "type", "labels", "meaning")
     return (
         "## Metrics\n\n`job-operator run` serves them on `--metrics-port` (`/metrics`), with "
         "`/healthz` and `/readyz`. Only the leader's counters move; they restart at zero "
         "with the process. Queries and alerts: [deploy.md](deploy.md#metrics).\n\n"
-        + table(("metric", "type", "labels", "meaning"), rows)
+        + table(header, operator_rows)
+        + "\n### Of the HTTP API (`job-operator api`)\n\n"
+        "`job-operator api` serves these on its own port "
+        "(`/metrics`), each replica its own ([api.md](api.md)).\n\n" + table(header, api_rows)
     )
 
 
