@@ -8,6 +8,7 @@ By default the session starts its own API server (testenv.controlplane, audit lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -130,15 +131,22 @@ def _cleanup_namespace(kube: Kube, namespace: str) -> None:
     kube.kubectl_run("delete", "namespace", namespace, "--wait=false", "--ignore-not-found")
 
 
-@pytest.fixture
-def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, deleted (with its custom resources) afterwards."""
-    name = _namespace_name(request.node.name)
+@contextlib.contextmanager
+def fresh_namespace(kube: Kube, purpose: str) -> Iterator[str]:
+    """A new namespace named after ``purpose``, deleted (with its custom resources) after."""
+    name = _namespace_name(purpose)
     kube.kubectl_run("create", "namespace", name)
     try:
         yield name
     finally:
         _cleanup_namespace(kube, name)
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (with its custom resources) afterwards."""
+    with fresh_namespace(kube, request.node.name) as name:
+        yield name
 
 
 @pytest.fixture

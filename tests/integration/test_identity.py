@@ -25,7 +25,7 @@ import pytest
 from job_operator.names import GROUP, JOB_PLURAL, VERSION
 from testenv.build import ControlPlaneError
 from testenv.controlplane import ControlPlane, Identity
-from tests.conftest import _cleanup_namespace as cleanup_namespace
+from tests.conftest import fresh_namespace
 from tests.helpers import Kube, wait_for
 from tests.identities import Endpoint, IdentityMinter, endpoint, kube_as, split_service_account
 
@@ -263,12 +263,9 @@ def role_ref(kind: str, name: str) -> dict[str, str]:
 
 @pytest.fixture
 def other_namespace(kube: Kube) -> Iterator[str]:
-    name = f"t-other-{secrets.token_hex(3)}"
-    kube.kubectl_run("create", "namespace", name)
-    try:
+    """A second namespace, for grants that must not reach it."""
+    with fresh_namespace(kube, "other") as name:
         yield name
-    finally:
-        cleanup_namespace(kube, name)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientscheme "k8s.io/client-go/kubernetes/scheme"
 )
 
 // standInGroups are the built-in API groups this server serves with CRDs.
@@ -49,12 +48,7 @@ func builtInBodies(next http.Handler) http.Handler {
 			r.Header.Set("Content-Type", string(types.MergePatchType))
 		}
 		if r.Body != nil && strings.HasPrefix(contentType, runtime.ContentTypeProtobuf) && isStandIn(r.URL.Path) {
-			data, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
-			if err != nil {
-				writeStatus(w, http.StatusBadRequest, "BadRequest", "reading the body: "+err.Error())
-				return
-			}
-			obj, gvk, err := clientscheme.Codecs.UniversalDeserializer().Decode(data, nil, nil)
+			obj, gvk, err := decodeTyped(r)
 			if err != nil {
 				writeStatus(w, http.StatusBadRequest, "BadRequest", "invalid protobuf body: "+err.Error())
 				return

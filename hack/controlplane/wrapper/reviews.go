@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/apiserver/pkg/endpoints/request"
@@ -72,71 +74,85 @@ func (h *coreHandler) serveReview(w http.ResponseWriter, r *http.Request, resour
 		writeStatus(w, http.StatusInternalServerError, "InternalError", "no user in the request")
 		return
 	}
-	obj, err := decodeTyped(r)
+	obj, gvk, err := decodeTyped(r)
 	if err != nil {
 		writeStatus(w, http.StatusBadRequest, "BadRequest", "invalid body: "+err.Error())
 		return
 	}
+	var answered runtime.Object
 	switch review := obj.(type) {
 	case *authorizationv1.SelfSubjectAccessReview:
-		if resource != "selfsubjectaccessreviews" {
-			break
+		if resource == "selfsubjectaccessreviews" {
+			answered, err = h.answerAccessReview(r.Context(), u, review)
 		}
-		attrs, err := reviewAttributes(u, review.Spec)
-		if err != nil {
-			writeStatus(w, http.StatusUnprocessableEntity, "Invalid", err.Error())
-			return
-		}
-		decision, reason, evalErr := h.authorizer.Authorize(r.Context(), attrs)
-		review.Status = authorizationv1.SubjectAccessReviewStatus{
-			Allowed: decision == authorizer.DecisionAllow,
-			Denied:  decision == authorizer.DecisionDeny,
-			Reason:  reason,
-		}
-		if evalErr != nil {
-			review.Status.EvaluationError = evalErr.Error()
-		}
-		review.TypeMeta = metav1.TypeMeta{Kind: "SelfSubjectAccessReview", APIVersion: authorizationv1.SchemeGroupVersion.String()}
-		writeJSON(w, http.StatusCreated, review)
-		return
 	case *authorizationv1.SelfSubjectRulesReview:
-		if resource != "selfsubjectrulesreviews" {
-			break
+		if resource == "selfsubjectrulesreviews" {
+			answered = h.answerRulesReview(r.Context(), u, review)
 		}
-		resourceRules, nonResourceRules, incomplete, err := h.rules.RulesFor(r.Context(), u, review.Spec.Namespace)
-		review.Status = authorizationv1.SubjectRulesReviewStatus{Incomplete: incomplete}
-		for _, rule := range resourceRules {
-			review.Status.ResourceRules = append(review.Status.ResourceRules, authorizationv1.ResourceRule{
-				Verbs: rule.GetVerbs(), APIGroups: rule.GetAPIGroups(), Resources: rule.GetResources(), ResourceNames: rule.GetResourceNames(),
-			})
-		}
-		for _, rule := range nonResourceRules {
-			review.Status.NonResourceRules = append(review.Status.NonResourceRules, authorizationv1.NonResourceRule{
-				Verbs: rule.GetVerbs(), NonResourceURLs: rule.GetNonResourceURLs(),
-			})
-		}
-		if err != nil {
-			review.Status.EvaluationError = err.Error()
-		}
-		review.TypeMeta = metav1.TypeMeta{Kind: "SelfSubjectRulesReview", APIVersion: authorizationv1.SchemeGroupVersion.String()}
-		writeJSON(w, http.StatusCreated, review)
-		return
 	case *authenticationv1.SelfSubjectReview:
-		if resource != "selfsubjectreviews" {
-			break
+		if resource == "selfsubjectreviews" {
+			answered = answerSelfReview(u, review)
 		}
-		review.Status.UserInfo = authenticationv1.UserInfo{Username: u.GetName(), UID: u.GetUID(), Groups: u.GetGroups()}
-		if extra := u.GetExtra(); len(extra) > 0 {
-			review.Status.UserInfo.Extra = map[string]authenticationv1.ExtraValue{}
-			for k, v := range extra {
-				review.Status.UserInfo.Extra[k] = v
-			}
-		}
-		review.TypeMeta = metav1.TypeMeta{Kind: "SelfSubjectReview", APIVersion: authenticationv1.SchemeGroupVersion.String()}
-		writeJSON(w, http.StatusCreated, review)
-		return
 	}
-	writeStatus(w, http.StatusBadRequest, "BadRequest", fmt.Sprintf("the body is not a review of kind %s", resource))
+	switch {
+	case err != nil:
+		writeStatus(w, http.StatusUnprocessableEntity, "Invalid", err.Error())
+	case answered == nil:
+		writeStatus(w, http.StatusBadRequest, "BadRequest", fmt.Sprintf("the body is not a review of kind %s", resource))
+	default:
+		answered.GetObjectKind().SetGroupVersionKind(*gvk)
+		writeJSON(w, http.StatusCreated, answered)
+	}
+}
+
+// answerAccessReview: may u do what the review asks (kubectl auth can-i)?
+func (h *coreHandler) answerAccessReview(ctx context.Context, u user.Info, review *authorizationv1.SelfSubjectAccessReview) (runtime.Object, error) {
+	attrs, err := reviewAttributes(u, review.Spec)
+	if err != nil {
+		return nil, err
+	}
+	decision, reason, evalErr := h.authorizer.Authorize(ctx, attrs)
+	review.Status = authorizationv1.SubjectAccessReviewStatus{
+		Allowed: decision == authorizer.DecisionAllow,
+		Denied:  decision == authorizer.DecisionDeny,
+		Reason:  reason,
+	}
+	if evalErr != nil {
+		review.Status.EvaluationError = evalErr.Error()
+	}
+	return review, nil
+}
+
+// answerRulesReview: what may u do in a namespace (kubectl auth can-i --list)?
+func (h *coreHandler) answerRulesReview(ctx context.Context, u user.Info, review *authorizationv1.SelfSubjectRulesReview) runtime.Object {
+	resourceRules, nonResourceRules, incomplete, err := h.rules.RulesFor(ctx, u, review.Spec.Namespace)
+	review.Status = authorizationv1.SubjectRulesReviewStatus{Incomplete: incomplete}
+	for _, rule := range resourceRules {
+		review.Status.ResourceRules = append(review.Status.ResourceRules, authorizationv1.ResourceRule{
+			Verbs: rule.GetVerbs(), APIGroups: rule.GetAPIGroups(), Resources: rule.GetResources(), ResourceNames: rule.GetResourceNames(),
+		})
+	}
+	for _, rule := range nonResourceRules {
+		review.Status.NonResourceRules = append(review.Status.NonResourceRules, authorizationv1.NonResourceRule{
+			Verbs: rule.GetVerbs(), NonResourceURLs: rule.GetNonResourceURLs(),
+		})
+	}
+	if err != nil {
+		review.Status.EvaluationError = err.Error()
+	}
+	return review
+}
+
+// answerSelfReview: who is u (kubectl auth whoami)?
+func answerSelfReview(u user.Info, review *authenticationv1.SelfSubjectReview) runtime.Object {
+	review.Status.UserInfo = authenticationv1.UserInfo{Username: u.GetName(), UID: u.GetUID(), Groups: u.GetGroups()}
+	if extra := u.GetExtra(); len(extra) > 0 {
+		review.Status.UserInfo.Extra = map[string]authenticationv1.ExtraValue{}
+		for k, v := range extra {
+			review.Status.UserInfo.Extra[k] = v
+		}
+	}
+	return review
 }
 
 // reviewAttributes are the attributes a SelfSubjectAccessReview asks about, for u.
@@ -156,11 +172,10 @@ func reviewAttributes(u user.Info, spec authorizationv1.SelfSubjectAccessReviewS
 }
 
 // decodeTyped reads a JSON or protobuf body of a type client-go knows.
-func decodeTyped(r *http.Request) (runtime.Object, error) {
-	data, err := io.ReadAll(r.Body)
+func decodeTyped(r *http.Request) (runtime.Object, *schema.GroupVersionKind, error) {
+	data, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	obj, _, err := clientscheme.Codecs.UniversalDeserializer().Decode(data, nil, nil)
-	return obj, err
+	return clientscheme.Codecs.UniversalDeserializer().Decode(data, nil, nil)
 }
