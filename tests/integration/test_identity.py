@@ -408,6 +408,27 @@ def test_can_i_agrees_with_the_server_for_users_verbs_and_resources(
     assert not wrong, "the server does not do what the roles grant:\n" + "\n".join(map(str, wrong))
 
 
+def test_can_i_list_shows_the_rules_bound_to_the_user(
+    kube: Kube, crds: None, namespace: str, mint_identity: IdentityMinter
+) -> None:
+    """`kubectl auth can-i --list` (SelfSubjectRulesReview): the bound rules, the defaults."""
+    user = mint_identity(f"system:serviceaccount:{namespace}:lister")
+    as_user = kube_as(kube, user)
+    apply(
+        kube,
+        rbac("Role", "lister", namespace, rules=[jobs_rule("get", "list", names=("nightly",))]),
+        rbac("RoleBinding", "lister", namespace, roleRef=role_ref("Role", "lister"),
+             subjects=[sa_subject(user)]),
+    )  # fmt: skip
+    wait_can(as_user, Ask("get", namespace, "nightly"))
+
+    listed = as_user.kubectl_run("auth", "can-i", "--list", "-n", namespace)
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert [JOBS_RESOURCE, "[]", "[nightly]", "[get", "list]"] in rows
+    assert ["selfsubjectaccessreviews.authorization.k8s.io", "[]", "[]", "[create]"] in rows
+    assert not [row for row in rows if row[0] == JOBS_RESOURCE and "patch" in " ".join(row)]
+
+
 def test_a_cluster_role_aggregated_by_label_grants_what_its_parts_grant(
     kube: Kube,
     crds: None,
