@@ -4,8 +4,8 @@ Fields come from the CRDs (`crd.py`, itself rendered from the models), annotatio
 labels from `names.py`, metrics from `metrics.py`, events from every `Event(...)` the
 package builds, the command line from its argparse parser. What the code cannot say (what
 an annotation is for, when an event is posted) is written here, next to the check that it
-still matches the code: an undocumented name, or prose about a name the code no longer
-has, is an error (condition reasons: each must still be a string in the code).
+still matches the code (names.py's Literals of condition types and reasons and of event
+reasons): an undocumented name, or prose about a name the code no longer has, is an error.
 
 `python -m job_operator.reference` (`make reference`) rewrites docs/reference.md; a
 unit test proves the committed file is exactly this rendering.
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from prometheus_client.metrics import Histogram, MetricWrapperBase
 
@@ -406,20 +405,14 @@ def names_section() -> str:
     return "\n".join(parts)
 
 
-def source_text() -> str:
-    """The package's source, but for this module: where reasons must still be found."""
-    return "\n".join(
-        p.read_text() for p in sorted(SOURCE_DIR.rglob("*.py")) if p.name != "reference.py"
-    )
-
-
-def require_in_source(kind: str, words: list[str]) -> None:
-    """Each documented word must still be a string the code writes."""
-    source = source_text()
-    gone = [w for w in words if not re.search(rf"""["']{re.escape(w)}["']""", source)]
-    if gone:
+def require_declared(kind: str, literal: Any, documented: set[str]) -> None:
+    """The words a `Literal` of names.py declares are exactly the documented ones."""
+    declared = set(get_args(literal))
+    if declared != documented:
         raise ReferenceError(
-            f"documented {kind} no longer in the code: {gone}; update src/job_operator/reference.py"
+            f"{kind}: names.py declares {sorted(declared - documented)} undocumented, and "
+            f"src/job_operator/reference.py documents {sorted(documented - declared)} "
+            "undeclared: document each, and only those"
         )
 
 
@@ -429,7 +422,9 @@ def conditions_section() -> str:
         for type_, reasons in CONDITIONS.items()
         for status, reason, when in reasons
     ]
-    require_in_source("conditions", [*CONDITIONS, *(r[2].strip("`") for r in rows)])
+    require_declared("condition types", names.ConditionType, set(CONDITIONS))
+    reasons = {reason for listed in CONDITIONS.values() for _, reason, _ in listed}
+    require_declared("condition reasons", names.ConditionReason, reasons)
     return (
         "## Conditions\n\nOn a Job's `status.conditions`; `lastTransitionTime` moves only when "
         "`status` changes.\n\n" + table(("type", "status", "reason", "when"), rows)
@@ -484,6 +479,7 @@ def events_in_code() -> dict[str, set[str]]:
 
 
 def events_section() -> str:
+    require_declared("event reasons", names.EventReason, set(EVENTS))
     posted = events_in_code()
     documented = {reason: {type_} for reason, (type_, _) in EVENTS.items()}
     differ = {
