@@ -2,9 +2,10 @@
 
 Random sequences of requests, provisioner reports, lost and late watch events, partial
 reconciles and crashes (mid-write, then a restart from lists) against one Job. After every
-step what CONTRACT.md promises must hold: each token handled once with one event, no
-attempt ever given two clusters, a job never on a cluster that does not exist (once
-settled), a finished job reset only by force, and nothing left behind once settled.
+step what the README and docs/reference.md promise must hold: each token handled once
+with one event, no attempt ever given two clusters, a job never on a cluster that does not
+exist (once settled), a finished job reset only by force, and nothing left behind once
+settled.
 """
 
 from __future__ import annotations
