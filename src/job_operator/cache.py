@@ -89,15 +89,16 @@ class ClusterCache:
 
     def __init__(self) -> None:
         self._by_job: dict[JobKey, dict[str, _Kept]] = {}
-        # Clusters this operator deleted whose deletion the watch has not reported yet:
-        # a late event or a list read before the deletion must not bring them back.
-        self._deleting: set[tuple[JobKey, str]] = set()
+        # Clusters seen deleted (by the watch, or deleted by this operator), and when: a
+        # late event, or a list read before the deletion, must not bring them back. Kept
+        # until a list begun after the deletion has confirmed it (cluster names are unique).
+        self._gone: dict[tuple[JobKey, str], float] = {}
 
     def remember(self, cluster: ExecutorCluster, seen_at: float) -> bool:
         """Keep `cluster` unless a later version is kept. True if what a reconcile
         reads of it changed: it is new, or its phase or deletion is."""
         meta = cluster.metadata
-        if (owner_of(cluster), meta.name) in self._deleting:
+        if (owner_of(cluster), meta.name) in self._gone:
             return False
         clusters = self._by_job.setdefault(owner_of(cluster), {})
         kept = clusters.get(meta.name)
@@ -108,14 +109,9 @@ class ClusterCache:
         clusters[meta.name] = _Kept(meta.resource_version, seen_at, state, encoded)
         return kept is None or kept.state != state
 
-    def deleted(self, key: JobKey, name: str) -> None:
-        """This operator deleted the cluster: dropped, and kept out until `forget`."""
-        self.forget(key, name)
-        self._deleting.add((key, name))
-
-    def forget(self, key: JobKey, name: str) -> bool:
-        """Drop a cluster (the watch saw it deleted); True if it was kept."""
-        self._deleting.discard((key, name))
+    def forget(self, key: JobKey, name: str, deleted_at: float) -> bool:
+        """Drop a cluster deleted at `deleted_at` (monotonic); True if it was kept."""
+        self._gone[(key, name)] = deleted_at
         clusters = self._by_job.get(key)
         if clusters is None or clusters.pop(name, None) is None:
             return False
@@ -137,18 +133,18 @@ class ClusterCache:
         """Drop the clusters of `namespace` (None: all) a full list started at
         `listed_at` did not have, unless seen since: they are gone, unseen by the watch.
         Returns the jobs they named."""
-        gone: set[JobKey] = set()
-        self._deleting = {
-            (key, name)
-            for key, name in self._deleting
-            if (key, name) in present or (namespace is not None and key[0] != namespace)
+        self._gone = {
+            (key, name): deleted_at
+            for (key, name), deleted_at in self._gone.items()
+            if deleted_at >= listed_at or (namespace is not None and key[0] != namespace)
         }
+        gone: set[JobKey] = set()
         for key, clusters in list(self._by_job.items()):
             if namespace is not None and key[0] != namespace:
                 continue
             for name, kept in list(clusters.items()):
                 if (key, name) not in present and kept.seen_at < listed_at:
-                    self.forget(key, name)
+                    self.forget(key, name, listed_at)
                     gone.add(key)
         return gone
 

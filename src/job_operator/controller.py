@@ -98,7 +98,7 @@ class Controller:
             self.queue.add(owner_of(cluster), urgent=True)
 
     def cluster_deleted(self, cluster: ExecutorCluster) -> None:
-        if self.clusters.forget(owner_of(cluster), cluster.metadata.name):
+        if self.clusters.forget(owner_of(cluster), cluster.metadata.name, time.monotonic()):
             self.queue.add(owner_of(cluster), urgent=True)
 
     # --- the reconcile ----------------------------------------------------------------
@@ -189,7 +189,7 @@ class Controller:
                     self.unposted.append((job, event))
         for name in plan.delete:
             await self.api.delete_executor(key[0], name)
-            self.clusters.deleted(key, name)
+            self.clusters.forget(key, name, time.monotonic())
         record(job, plan)
 
     async def delete_clusters_of_gone_job(self, key: JobKey) -> None:
@@ -197,7 +197,7 @@ class Controller:
             log.info("deleting %s/%s: its job is gone", key[0], cluster.metadata.name)
             if await self.api.delete_executor(key[0], cluster.metadata.name):
                 metrics.DANGLING_DELETED.inc()
-            self.clusters.deleted(key, cluster.metadata.name)
+            self.clusters.forget(key, cluster.metadata.name, time.monotonic())
 
 
 def record(job: Job, plan: core.Plan) -> None:
