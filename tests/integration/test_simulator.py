@@ -24,6 +24,8 @@ from tests.integration.conftest import Installed, Jobs, Process, job_operator_en
 OUTCOME = names.SIMULATE_OUTCOME_ANNOTATION
 RUN_SECONDS = names.SIMULATE_RUN_SECONDS_ANNOTATION
 TIMEOUT = 30.0
+# Long enough that a loaded machine still sees `doomed` Running before deleting it.
+DOOMED_RUN_SECONDS = 3.0
 
 
 @pytest.fixture
@@ -121,9 +123,14 @@ def test_executors_reach_the_outcome_their_job_asks_for(
     jobs.create("broken", annotations={OUTCOME: "fail"})
     jobs.create("lost", annotations={OUTCOME: "terminate"})
     jobs.create("stuck", annotations={OUTCOME: "hang"})
-    jobs.create("doomed", annotations={RUN_SECONDS: "1.0"})
+    jobs.create("doomed", annotations={RUN_SECONDS: str(DOOMED_RUN_SECONDS)})
     ec = {job: create_executor(kube, jobs, job)
           for job in ("plain", "broken", "lost", "stuck", "doomed")}  # fmt: skip
+
+    # An executor deleted while Running: its driver ends quietly. Caught first, while
+    # its run (a few seconds, so a slow machine still sees it Running) goes on.
+    wait_phase(kube, namespace, ec["doomed"], "Running")
+    kube.kubectl_run("delete", "ec", ec["doomed"], "-n", namespace)
 
     plain = wait_phase(kube, namespace, ec["plain"], "Succeeded")
     assert_seed_shaped(plain["result"])
@@ -137,15 +144,11 @@ def test_executors_reach_the_outcome_their_job_asks_for(
     assert lost.get("message")
     assert "result" not in lost
 
-    # An executor deleted while Running: its driver ends quietly.
-    wait_phase(kube, namespace, ec["doomed"], "Running")
-    kube.kubectl_run("delete", "ec", ec["doomed"], "-n", namespace)
-
-    # A witness, started once `stuck` is Running, runs longer than any default run
-    # (0.5 s +-20%) and longer than `doomed` had left: when it has succeeded, `stuck`
+    # A witness, started once `stuck` is Running and `doomed` deleted, runs longer than
+    # any default run (0.5 s +-20%) and longer than `doomed` would have run: when it has succeeded, `stuck`
     # would have ended if it were not hanging, and `doomed` would have been written.
     wait_phase(kube, namespace, ec["stuck"], "Running")
-    jobs.create("witness", annotations={RUN_SECONDS: "1.0"})
+    jobs.create("witness", annotations={RUN_SECONDS: str(DOOMED_RUN_SECONDS * 1.5)})
     witness = create_executor(kube, jobs, "witness")
     assert_seed_shaped(wait_phase(kube, namespace, witness, "Succeeded")["result"])
 
