@@ -145,8 +145,9 @@ def test_executors_reach_the_outcome_their_job_asks_for(
     assert "result" not in lost
 
     # A witness, started once `stuck` is Running and `doomed` deleted, runs longer than
-    # any default run (0.5 s +-20%) and longer than `doomed` would have run: when it has succeeded, `stuck`
-    # would have ended if it were not hanging, and `doomed` would have been written.
+    # any default run (0.5 s +-20%) and longer than `doomed` would have run: when it has
+    # succeeded, `stuck` would have ended if it were not hanging, and `doomed` would have
+    # been written.
     wait_phase(kube, namespace, ec["stuck"], "Running")
     jobs.create("witness", annotations={RUN_SECONDS: str(DOOMED_RUN_SECONDS * 1.5)})
     witness = create_executor(kube, jobs, "witness")
