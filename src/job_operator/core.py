@@ -1,9 +1,11 @@
 """The state machine of a Job: pure functions over the models, no I/O.
 
-Each function takes the job as last read and returns a `Decision`: the status
-to write (in one compare-and-swap on the job's resourceVersion), the events to
-emit and the ExecutorCluster to delete once the write has landed. The kopf
-handlers read, call these and write; every rule of CONTRACT.md lives here.
+`plan(job, clusters, now, policy)` is the whole effect of one reconcile, from the
+job and its ExecutorClusters as they are: the status to write (one compare-and-swap
+on the job's resourceVersion), the cluster to create, the clusters to delete, the
+events and the outcomes for metrics. The controller (controller.py) only carries a
+plan out. Every rule of docs/reference.md and README's reschedule, orphan and cancel
+sections lives here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The one source of truth for every name users and tools script against.
 
 The CRDs (crds/), the models, the handlers, the CLI and the tests all take their
-names from here, as ../CONTRACT.md fixes them.
+names from here; docs/reference.md lists them. They are a contract with users:
+renaming one breaks their scripts and manifests.
 """
 
 from typing import Final, Literal
