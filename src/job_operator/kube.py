@@ -14,7 +14,7 @@ import logging
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,13 +24,14 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from job_operator import metrics, names
-from job_operator.core import Event, event_name, rfc3339
-from job_operator.models import ExecutorCluster, Job, JobStatus
+from job_operator.core import Event, event_name
+from job_operator.models import ExecutorCluster, Job, JobStatus, kube_time
 
 log = logging.getLogger(__name__)
 # The generated client picks a patch type from the body; custom resources need a merge patch.
 AS_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 T = TypeVar("T")
+Listed = TypeVar("Listed", Job, ExecutorCluster)
 
 
 PAGE_SIZE = 500
@@ -41,6 +42,20 @@ def lean(raw: dict[str, Any]) -> dict[str, Any]:
     wrote a request annotation (read from watch events, never from lists)."""
     metadata = {k: v for k, v in (raw.get("metadata") or {}).items() if k != "managedFields"}
     return {**raw, "metadata": metadata}
+
+
+def readable(model: type[Listed], items: Iterable[dict[str, Any]]) -> list[Listed]:
+    """The listed `items` that `model` reads, lean. One it cannot read (a time the API
+    server stores but no datetime holds, year 0) is left out and counted in
+    errors_total{stage="parse"}, as the watch handlers leave it: a list never fails on it."""
+    read: list[Listed] = []
+    for item in items:
+        try:
+            read.append(model.model_validate(lean(item)))
+        except ValueError as error:
+            metrics.ERRORS.labels("parse").inc()
+            log.warning("ignoring a %s the operator cannot read: %s", model.__name__, error)
+    return read
 
 
 class Conflict(Exception):
@@ -241,7 +256,7 @@ class Kube:
     async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
         """All Jobs, a page at a time (so memory stays bounded), without managedFields."""
         async for page in self._pages(names.JOB_PLURAL, namespace):
-            yield [Job.model_validate(lean(item)) for item in page["items"]]
+            yield readable(Job, page["items"])
 
     async def job_snapshot(
         self, namespace: str | None = None, label_selector: str = ""
@@ -251,7 +266,7 @@ class Kube:
         jobs: list[Job] = []
         resource_version = ""
         async for page in self._pages(names.JOB_PLURAL, namespace, label_selector):
-            jobs.extend(Job.model_validate(lean(item)) for item in page["items"])
+            jobs.extend(readable(Job, page["items"]))
             resource_version = page["metadata"].get("resourceVersion") or resource_version
         return jobs, resource_version
 
@@ -259,7 +274,7 @@ class Kube:
         self, namespace: str | None = None, label_selector: str = ""
     ) -> AsyncIterator[list[ExecutorCluster]]:
         async for page in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
-            yield [ExecutorCluster.model_validate(lean(item)) for item in page["items"]]
+            yield readable(ExecutorCluster, page["items"])
 
     async def _pages(
         self, plural: str, namespace: str | None, label_selector: str = ""
@@ -312,7 +327,7 @@ class Kube:
         failed post never fails a decision: False, and the caller tries again later."""
         meta = job.metadata
         namespace = meta.namespace or ""
-        now = rfc3339_now()
+        now = kube_time(datetime.now(UTC))
         body: Any = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -390,8 +405,3 @@ class Kube:
             )
         )
         return [self.api.sanitize_for_serialization(item) for item in raw.items]
-
-
-def rfc3339_now() -> str:
-    """Now, to the second, as metav1.Time is written."""
-    return rfc3339(datetime.now(UTC)).split(".")[0] + "Z"

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from job_operator import names
+from job_operator.models import parse_time
 from tests.helpers import Kube, run_plugin, wait_for
 from tests.identities import IdentityMinter
 from tests.integration.conftest import HANG, REPO, Jobs, Operator, Process, job_operator_env
@@ -174,10 +175,6 @@ def request_patches(kube: Kube, user: str, since: int = 0) -> list[dict[str, Any
         and (e.get("objectRef") or {}).get("resource") == names.JOB_PLURAL
         and not (e.get("objectRef") or {}).get("subresource")
     ]
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def most_waiting(intervals: list[tuple[datetime, datetime]]) -> int:
