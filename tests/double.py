@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from job_operator import core, names
 from job_operator.controller import Controller
-from job_operator.kube import Conflict, NotFound, lean, readable
-from job_operator.models import ExecutorCluster, Job, JobStatus, kube_time
+from job_operator.kube import Conflict, NotFound, lean, lean_job
+from job_operator.models import ExecutorCluster, Job, JobStatus
 
 Kind = Literal["job", "cluster"]
 ObjectKey = tuple[str, str]
@@ -75,7 +75,7 @@ class FakeApi:
                 "namespace": namespace,
                 "uid": str(uuid.uuid4()),
                 "generation": 1,
-                "creationTimestamp": kube_time(datetime.now(UTC)),
+                "creationTimestamp": core.rfc3339(datetime.now(UTC)),
                 "annotations": {},
             },
             "spec": {"type": "materialize-view", "input": {}, **spec},
@@ -83,9 +83,29 @@ class FakeApi:
         self.jobs[(namespace, name)] = self._stamp(body, "ADDED", "job")
         return Job.model_validate(body)
 
-    def annotate(self, name: str, annotations: dict[str, str], namespace: str = "default") -> None:
+    def annotate(
+        self,
+        name: str,
+        annotations: dict[str, str],
+        namespace: str = "default",
+        *,
+        manager: str | None = None,
+    ) -> None:
+        """Write annotations; with `manager`, recorded in managedFields as the server does."""
         body = self.jobs[(namespace, name)]
         body["metadata"].setdefault("annotations", {}).update(annotations)
+        if manager is not None:
+            owned: dict[str, Any] = {f"f:{key}": {} for key in annotations}
+            body["metadata"].setdefault("managedFields", []).append(
+                {
+                    "manager": manager,
+                    "operation": "Update",
+                    "apiVersion": names.API_VERSION,
+                    "time": core.rfc3339(datetime.now(UTC)),
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:annotations": owned}},
+                }
+            )
         self._stamp(body, "MODIFIED", "job")
 
     def delete_job(self, name: str, namespace: str = "default") -> None:
@@ -155,7 +175,7 @@ class FakeApi:
             raise Conflict(meta["name"])
         body = copy.deepcopy(manifest)
         body["metadata"].update(
-            uid=str(uuid.uuid4()), creationTimestamp=kube_time(datetime.now(UTC))
+            uid=str(uuid.uuid4()), creationTimestamp=core.rfc3339(datetime.now(UTC))
         )
         self.clusters[key] = self._stamp(body, "ADDED", "cluster")
         return ExecutorCluster.model_validate(copy.deepcopy(body))
@@ -188,14 +208,14 @@ class FakeApi:
     async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
         self._call("list jobs")
         for page in self._pages(self.jobs, namespace, ""):
-            yield readable(Job, page)
+            yield [Job.model_validate(lean_job(body)) for body in page]
 
     async def executor_pages(
         self, namespace: str | None = None, label_selector: str = ""
     ) -> AsyncIterator[list[ExecutorCluster]]:
         self._call("list executorclusters")
         for page in self._pages(self.clusters, namespace, label_selector):
-            yield readable(ExecutorCluster, page)
+            yield [ExecutorCluster.model_validate(lean(body)) for body in page]
 
     def _pages(
         self, objects: dict[ObjectKey, dict[str, Any]], namespace: str | None, selector: str

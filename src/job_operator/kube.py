@@ -14,7 +14,7 @@ import logging
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,38 +24,32 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from job_operator import metrics, names
-from job_operator.core import Event, event_name
-from job_operator.models import ExecutorCluster, Job, JobStatus, kube_time
+from job_operator.core import Event, event_name, rfc3339
+from job_operator.models import ExecutorCluster, Job, JobStatus
+from job_operator.requests import request_ownership
 
 log = logging.getLogger(__name__)
 # The generated client picks a patch type from the body; custom resources need a merge patch.
 AS_MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 T = TypeVar("T")
-Listed = TypeVar("Listed", Job, ExecutorCluster)
 
 
 PAGE_SIZE = 500
 
 
 def lean(raw: dict[str, Any]) -> dict[str, Any]:
-    """An object without its managedFields: most of its bytes, needed only to tell who
-    wrote a request annotation (read from watch events, never from lists)."""
+    """An object without its managedFields: most of its bytes, of which the operator
+    reads only a Job's few entries that say who wrote a request annotation (`lean_job`)."""
     metadata = {k: v for k, v in (raw.get("metadata") or {}).items() if k != "managedFields"}
     return {**raw, "metadata": metadata}
 
 
-def readable(model: type[Listed], items: Iterable[dict[str, Any]]) -> list[Listed]:
-    """The listed `items` that `model` reads, lean. One it cannot read (a time the API
-    server stores but no datetime holds, year 0) is left out and counted in
-    errors_total{stage="parse"}, as the watch handlers leave it: a list never fails on it."""
-    read: list[Listed] = []
-    for item in items:
-        try:
-            read.append(model.model_validate(lean(item)))
-        except ValueError as error:
-            metrics.ERRORS.labels("parse").inc()
-            log.warning("ignoring a %s the operator cannot read: %s", model.__name__, error)
-    return read
+def lean_job(raw: dict[str, Any]) -> dict[str, Any]:
+    """A Job with only the managedFields entries that say who wrote a request annotation,
+    and when (`requests.request_ownership`): what a reconcile reads of them."""
+    metadata = dict(raw.get("metadata") or {})
+    metadata["managedFields"] = request_ownership(metadata.get("managedFields") or [])
+    return {**raw, "metadata": metadata}
 
 
 class Conflict(Exception):
@@ -250,13 +244,10 @@ class Kube:
     ) -> list[ExecutorCluster]:
         return [e async for page in self.executor_pages(namespace, label_selector) for e in page]
 
-    async def list_jobs(self, namespace: str | None = None) -> list[Job]:
-        return [j async for page in self.job_pages(namespace) for j in page]
-
     async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
-        """All Jobs, a page at a time (so memory stays bounded), without managedFields."""
+        """All Jobs, a page at a time (so memory stays bounded), `lean_job`."""
         async for page in self._pages(names.JOB_PLURAL, namespace):
-            yield readable(Job, page["items"])
+            yield [Job.model_validate(lean_job(item)) for item in page["items"]]
 
     async def job_snapshot(
         self, namespace: str | None = None, label_selector: str = ""
@@ -266,7 +257,7 @@ class Kube:
         jobs: list[Job] = []
         resource_version = ""
         async for page in self._pages(names.JOB_PLURAL, namespace, label_selector):
-            jobs.extend(readable(Job, page["items"]))
+            jobs.extend(Job.model_validate(lean(item)) for item in page["items"])
             resource_version = page["metadata"].get("resourceVersion") or resource_version
         return jobs, resource_version
 
@@ -274,7 +265,7 @@ class Kube:
         self, namespace: str | None = None, label_selector: str = ""
     ) -> AsyncIterator[list[ExecutorCluster]]:
         async for page in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
-            yield readable(ExecutorCluster, page["items"])
+            yield [ExecutorCluster.model_validate(lean(item)) for item in page["items"]]
 
     async def _pages(
         self, plural: str, namespace: str | None, label_selector: str = ""
@@ -327,7 +318,7 @@ class Kube:
         failed post never fails a decision: False, and the caller tries again later."""
         meta = job.metadata
         namespace = meta.namespace or ""
-        now = kube_time(datetime.now(UTC))
+        now = rfc3339_now()
         body: Any = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -405,3 +396,8 @@ class Kube:
             )
         )
         return [self.api.sanitize_for_serialization(item) for item in raw.items]
+
+
+def rfc3339_now() -> str:
+    """Now, to the second, as metav1.Time is written."""
+    return rfc3339(datetime.now(UTC)).split(".")[0] + "Z"

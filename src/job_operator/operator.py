@@ -19,7 +19,7 @@ from job_operator import metrics, names
 from job_operator.controller import Controller, OperatorConfig
 from job_operator.kube import PAGE_SIZE, Kube, lean
 from job_operator.models import ExecutorCluster, Job
-from job_operator.sweep import list_clusters, repair_events, sweep_forever
+from job_operator.sweep import list_clusters, list_jobs, sweep_forever
 
 log = logging.getLogger("job_operator")
 # kopf keeps a task and a queue for each object until its events have stopped for this
@@ -44,19 +44,20 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 async def start(controller: Controller, tasks: set[asyncio.Task[None]]) -> None:
-    """Before kopf watches: post the events a crash kept from being posted, list the
-    clusters (as controller-runtime waits for its caches to sync, so that no reconcile
-    takes a cluster not yet seen for a lost one), then start the workers and the sweep."""
-    try:
-        await repair_events(controller)
-    except Exception as error:  # e.g. the CRDs not installed yet: carry on, say so
-        metrics.ERRORS.labels("repair").inc()
-        log.warning("could not check for missed events at start-up: %s", error)
+    """Before kopf watches, as controller-runtime syncs its caches: list the clusters (so
+    that no reconcile takes a cluster not yet seen for a lost one), start the workers,
+    then list the jobs, each queued as its page arrives (and events a crash kept from
+    being posted, posted); then the sweep."""
     await list_clusters(controller)
     metrics.QUEUE_DEPTH.set_function(lambda: len(controller.queue))
     loop = asyncio.get_running_loop()
     for _worker in range(controller.config.workers):
         tasks.add(loop.create_task(controller.work()))
+    try:
+        await list_jobs(controller)
+    except Exception as error:  # kopf's watch brings the jobs all the same: say so, go on
+        metrics.ERRORS.labels("repair").inc()
+        log.warning("could not list the jobs at start-up: %s", error)
     tasks.add(loop.create_task(sweep_forever(controller)))
 
 

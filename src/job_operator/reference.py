@@ -232,7 +232,8 @@ METRIC_LABEL_VALUES: Final[Mapping[tuple[str, str], str]] = {
     ("job_operator_api_requests", "outcome"): "`rescheduled`, `skipped_terminal`, `none`",
     ("job_operator_api_request_duration_seconds", "route"): "as for the requests counter",
     ("job_operator_errors", "stage"): "`reconcile`; `sweep` (a periodic check that failed); "
-    "`repair` (the start-up check for events a crash kept from being posted); `parse` "
+    "`repair` (the start-up list of jobs, which also posts events a crash kept from being "
+    "posted); `parse` "
     "(objects the operator cannot read); `event` (an Event not posted, posted again later); "
     "`lease` (a failed leader-election request); `kopf` (what kopf logs as an error: its "
     "watches' and API requests' failures, which it retries, e.g. a `403`)",

@@ -1,5 +1,5 @@
-"""What the watches cannot tell: the start-up view of the clusters, clusters gone or
-left behind while a watch was down, and events a crash kept from being posted.
+"""What the watches cannot tell: the start-up view of the clusters and the jobs, clusters
+gone or left behind while a watch was down, and events a crash kept from being posted.
 
 A sweep only brings the cluster cache in line with a list and queues the jobs concerned;
 their reconciles decide, as for any watch event.
@@ -67,11 +67,15 @@ async def sweep_forever(controller: Controller) -> None:
             log.exception("sweep failed; retrying at the next interval")
 
 
-async def repair_events(controller: Controller) -> None:
-    """Post the events of recently handled requests that a crash kept from being posted.
+async def list_jobs(controller: Controller) -> None:
+    """Fill the job cache from a full list, a page at a time, and queue every job.
 
-    Runs at start-up, before any watch: a request handled just before a crash may have
-    its status written and its event not yet posted.
+    Runs at start-up, once the clusters are listed and the workers run, before kopf
+    watches (controller-runtime's informers sync the same way): a request made while the
+    operator was down is handled one list after start, not once kopf's watch has
+    delivered every job before it, and that watch's events of the listed versions are
+    known already (not parsed again). On the way, posts the events of recently handled
+    requests that a crash kept from being posted (a status written, its event not yet).
     """
     since = utcnow() - controller.config.event_repair_window
     api = controller.api
@@ -79,6 +83,7 @@ async def repair_events(controller: Controller) -> None:
         posted: set[str] | None = None
         async for page in api.job_pages(namespace):
             for job in page:
+                controller.job_seen(job)
                 for event in core.events(job.status, since=since):
                     if posted is None:  # read only when some job has recent requests
                         posted = await api.event_names(namespace)
@@ -91,3 +96,4 @@ async def repair_events(controller: Controller) -> None:
                         )
                         if not await api.post_event(job, event):
                             controller.unposted.append((job, event))
+            await asyncio.sleep(0)  # let the workers run between pages

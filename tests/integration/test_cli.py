@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from job_operator import names
-from tests.helpers import Kube, run_plugin
+from tests.helpers import Kube
 from tests.integration.conftest import HANG, Jobs, Operator, Process, job_operator_env
 
 SEED_KEYS = {
@@ -160,6 +162,16 @@ def test_kubectl_plugin(kube: Kube, jobs: Jobs, operator: Operator, simulator: P
     jobs.create("plugged")
     jobs.wait_state("plugged", "completed")
     env = job_operator_env(kube.kubeconfig)
-    proc = run_plugin(kube, env, "plugged", "-n", jobs.namespace, "--force", "-o", "json")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    # kubectl finds `kubectl-reschedule` on PATH; flags can't precede a plugin's name,
+    # so the cluster comes from $KUBECONFIG.
+    proc = subprocess.run(
+        [kube.kubectl, "reschedule", "plugged", "-n", jobs.namespace, "--force", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["outcome"] == "rescheduled"

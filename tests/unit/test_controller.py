@@ -12,7 +12,7 @@ from job_operator import core, metrics, names
 from job_operator.controller import Controller, OperatorConfig, utcnow
 from job_operator.kube import Conflict
 from job_operator.models import ExecutorCluster
-from job_operator.sweep import list_clusters, repair_events, sweep
+from job_operator.sweep import list_clusters, list_jobs, sweep
 from tests.double import FakeApi
 
 RESCHEDULE = names.RESCHEDULE_ANNOTATION
@@ -318,11 +318,29 @@ async def test_repair_posts_a_crashs_lost_event_once() -> None:
         await run_until_quiet(api, controller)
     assert api.events == {} and api.job("nightly").status.reschedule is not None
     for _ in range(2):  # two restarts
-        await repair_events(controller_on(api))
+        await list_jobs(controller_on(api))
     (event,) = api.events.values()
     assert event["reason"] == "Rescheduled"
     job = api.job("nightly")
     assert event["metadata"]["name"] == core.event_name(job, core.events(job.status)[0].key)
+
+
+async def test_start_up_lists_the_jobs_and_handles_a_request_made_while_down() -> None:
+    api = FakeApi()
+    first = await running_job(api, controller_on(api))
+    api.annotate("nightly", {RESCHEDULE: "t-1"}, manager="kubectl-annotate")
+    api.pending.clear()  # a new process: no watch has delivered anything yet
+    restarted = controller_on(api)
+    await list_clusters(restarted)
+    await list_jobs(restarted)
+    listed = api.job("nightly").metadata.resource_version
+    # kopf's watch, starting after, finds the listed version known: not parsed again.
+    assert not restarted.jobs.is_new(("default", "nightly"), listed)
+    await run_until_quiet(api, restarted, deliver=False)
+    record = api.job("nightly").status.reschedule
+    assert record is not None and record.request == "t-1" and record.outcome == "rescheduled"
+    assert record.requested_by == "kubectl-annotate"  # the list kept who wrote it
+    assert api.job("nightly").status.executor not in (None, first)
 
 
 async def test_a_job_that_keeps_changing_is_given_up_for_now() -> None:

@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from job_operator import core, names
 from job_operator.controller import Controller, OperatorConfig
 from job_operator.models import TOKEN_MAX_LENGTH, Job
-from job_operator.sweep import list_clusters, repair_events, sweep
+from job_operator.sweep import list_clusters, list_jobs, sweep
 from tests.double import FakeApi
 
 RESCHEDULE = names.RESCHEDULE_ANNOTATION
@@ -146,10 +146,9 @@ class ControllerWorld(RuleBasedStateMachine):
         self.api.failing.clear()
         self.note_clusters()
         self.api.pending.clear()  # a new process: its watches start from lists
-        self.controller = self.started()
-        self.run(repair_events(self.controller))
+        self.controller = self.started()  # as operator.start: clusters, then jobs
         self.run(list_clusters(self.controller))
-        self.controller.job_seen(self.job)
+        self.run(list_jobs(self.controller))
 
     @rule()
     def settles(self) -> None:
@@ -185,7 +184,7 @@ class ControllerWorld(RuleBasedStateMachine):
             assert status.executor is not None, "a waiting job was not dispatched"
         # The last token of each kind is handled, with its one event (given the events
         # a crash lost are repaired: a restart does that).
-        self.run(repair_events(self.started()))
+        self.run(list_jobs(self.started()))
         job = self.job
         for annotation, record in ((RESCHEDULE, status.reschedule), (CANCEL, status.cancel)):
             tokens = self.sent[annotation]
