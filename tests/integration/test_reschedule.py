@@ -107,6 +107,29 @@ def test_reschedule_running_job_moves_it_to_a_fresh_executor(
     assert jobs.get("stuck")["metadata"]["annotations"][RESCHEDULE] == "1700000000"
 
 
+def test_a_request_made_while_the_operator_was_down_is_handled_at_start_up(
+    jobs: Jobs,
+    operator: Operator,
+    simulator: Process,
+) -> None:
+    """The start-up's own list of jobs queues it (before kopf watches), and keeps who
+    wrote the annotation: kopf's event of the same version is then not parsed again."""
+    jobs.create("offline", annotations=HANG)
+    first = jobs.wait_running("offline")["executor"]
+    operator.stop()
+    jobs.annotate("offline", {RESCHEDULE: "while-down"})
+    operator.start_and_wait()
+    status = jobs.wait(
+        "offline",
+        lambda s: handled("while-down")(s) and s.get("executor") not in (None, first),
+        "handled after the restart",
+    )
+    record = status["reschedule"]
+    assert (record["outcome"], record["previousExecutor"]) == ("rescheduled", first)
+    assert record["requestedBy"] == "kubectl-annotate"
+    jobs.wait_events("offline", "Rescheduled")
+
+
 def test_every_reschedule_gets_a_cluster_never_used_before(
     jobs: Jobs,
     operator: Operator,
