@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from bench.client import Api, ApiError, WatchExpired
 from job_operator import names
+from job_operator.models import parse_time
 
 log = logging.getLogger("bench.tracker")
 
@@ -33,7 +33,7 @@ def jobs_path(namespace: str, name: str | None = None) -> str:
 def epoch(stamp: str | None) -> float | None:
     if not stamp:
         return None
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return parse_time(stamp).timestamp()
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from job_operator import core, names
 from job_operator.controller import Controller
-from job_operator.kube import Conflict, NotFound, lean, lean_job
-from job_operator.models import ExecutorCluster, Job, JobStatus
+from job_operator.kube import Conflict, NotFound, lean, lean_job, readable
+from job_operator.models import ExecutorCluster, Job, JobStatus, kube_time
 
 Kind = Literal["job", "cluster"]
 ObjectKey = tuple[str, str]
@@ -75,7 +75,7 @@ class FakeApi:
                 "namespace": namespace,
                 "uid": str(uuid.uuid4()),
                 "generation": 1,
-                "creationTimestamp": core.rfc3339(datetime.now(UTC)),
+                "creationTimestamp": kube_time(datetime.now(UTC)),
                 "annotations": {},
             },
             "spec": {"type": "materialize-view", "input": {}, **spec},
@@ -101,7 +101,7 @@ class FakeApi:
                     "manager": manager,
                     "operation": "Update",
                     "apiVersion": names.API_VERSION,
-                    "time": core.rfc3339(datetime.now(UTC)),
+                    "time": kube_time(datetime.now(UTC)),
                     "fieldsType": "FieldsV1",
                     "fieldsV1": {"f:metadata": {"f:annotations": owned}},
                 }
@@ -175,7 +175,7 @@ class FakeApi:
             raise Conflict(meta["name"])
         body = copy.deepcopy(manifest)
         body["metadata"].update(
-            uid=str(uuid.uuid4()), creationTimestamp=core.rfc3339(datetime.now(UTC))
+            uid=str(uuid.uuid4()), creationTimestamp=kube_time(datetime.now(UTC))
         )
         self.clusters[key] = self._stamp(body, "ADDED", "cluster")
         return ExecutorCluster.model_validate(copy.deepcopy(body))
@@ -208,14 +208,14 @@ class FakeApi:
     async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
         self._call("list jobs")
         for page in self._pages(self.jobs, namespace, ""):
-            yield [Job.model_validate(lean_job(body)) for body in page]
+            yield readable(Job, page, lean_job)
 
     async def executor_pages(
         self, namespace: str | None = None, label_selector: str = ""
     ) -> AsyncIterator[list[ExecutorCluster]]:
         self._call("list executorclusters")
         for page in self._pages(self.clusters, namespace, label_selector):
-            yield [ExecutorCluster.model_validate(lean(body)) for body in page]
+            yield readable(ExecutorCluster, page)
 
     def _pages(
         self, objects: dict[ObjectKey, dict[str, Any]], namespace: str | None, selector: str

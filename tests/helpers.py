@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -113,3 +115,21 @@ class Kube:
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
+
+
+def run_plugin(
+    kube: Kube, env: Mapping[str, str], *args: str, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl reschedule ARGS`, as a user runs the plugin: kubectl finds
+    `kubectl-reschedule` on PATH (this venv's first). Flags cannot precede a plugin's
+    name, so the cluster comes from $KUBECONFIG in `env`."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [kube.kubectl, "reschedule", *args],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from job_operator import core, metrics, names
 from job_operator.cache import ClusterCache, JobCache, key_of, owner_of
 from job_operator.kube import Conflict, NotFound
-from job_operator.models import ExecutorCluster, Job, JobStatus
+from job_operator.models import ExecutorCluster, Job, JobStatus, parse_time
 from job_operator.workqueue import JobKey, WorkQueue
 
 log = logging.getLogger("job_operator")
@@ -219,15 +219,15 @@ def record(job: Job, plan: core.Plan) -> None:
             metrics.DANGLING_DELETED.inc()
 
 
-def observe_latency(job: Job, handled_at: str) -> None:
+def observe_latency(job: Job, handled_at: datetime) -> None:
     """From the reschedule annotation's write (managedFields time) to its handling."""
     times = [
-        str(entry.get("time"))
+        parse_time(entry.get("time"))
         for entry in job.metadata.managed_fields
         if f"f:{names.RESCHEDULE_ANNOTATION}"
         in (entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations", {})
         and entry.get("time")
     ]
     if times:
-        latency = core.parse_time(handled_at) - core.parse_time(max(times))
+        latency = handled_at - max(times)
         metrics.REQUEST_LATENCY.observe(max(latency.total_seconds(), 0.0))

@@ -14,7 +14,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from job_operator import names
@@ -138,14 +138,6 @@ class Policy:
         return min(delay, self.backoff_cap)
 
 
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def with_request(job: Job, annotation: str, token: str, *, force: bool = False) -> Job:
     """`job` as it would be with request `token` written to `annotation` (and forced):
     what `plan` then does answers "what would this request do?" without writing it."""
@@ -171,7 +163,7 @@ def set_condition(
     """Conditions with `type_` set; lastTransitionTime moves only when the value changes."""
     new_status: Literal["True", "False"] = "True" if value else "False"
     old = status.condition(type_)
-    transition = old.last_transition_time if old and old.status == new_status else rfc3339(now)
+    transition = old.last_transition_time if old and old.status == new_status else now
     condition = Condition(
         type=type_,
         status=new_status,
@@ -189,7 +181,7 @@ def _history_entry(status: JobStatus, reason: HistoryReason, now: datetime) -> H
         executor=status.executor,
         state=status.state,
         started_at=status.started_at,
-        ended_at=status.ended_at or rfc3339(now),
+        ended_at=status.ended_at or now,
         reason=reason,
         result=status.result,
     )
@@ -215,7 +207,7 @@ def _requeued(job: Job, reason: HistoryReason, now: datetime) -> JobStatus:
             "message": None,
             "started_at": None,
             "ended_at": None,
-            "updated_at": rfc3339(now),
+            "updated_at": now,
             "history": history,
             "observed_generation": job.metadata.generation,
             "conditions": set_condition(
@@ -249,7 +241,7 @@ def reject(
         token_digest=request.digest,
         reason=reason,
         message=message,
-        rejected_at=rfc3339(now),
+        rejected_at=now,
     )
     new = status.model_copy(
         update={
@@ -272,7 +264,7 @@ def reschedule(job: Job, request: Request, now: datetime) -> Decision:
         request=request.token,
         outcome="rescheduled",
         force=request.force,
-        handled_at=rfc3339(now),
+        handled_at=now,
         previous_state=status.state,
         previous_executor=status.executor,
         requested_by=request.requested_by,
@@ -326,7 +318,7 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
     record = CancelRecord(
         request=request.token,
         outcome="cancelled",
-        handled_at=rfc3339(now),
+        handled_at=now,
         previous_state=status.state,
     )
     if status.terminal:
@@ -346,8 +338,8 @@ def cancel(job: Job, request: Request, now: datetime) -> Decision:
             "executor": None,
             "reason": "Cancelled",
             "message": None,
-            "ended_at": rfc3339(now),
-            "updated_at": rfc3339(now),
+            "ended_at": now,
+            "updated_at": now,
             "cancel": record,
             "dispatch_after": None,
             "observed_generation": job.metadata.generation,
@@ -402,10 +394,10 @@ def dispatch_due(job: Job, now: datetime) -> timedelta | None:
     status = job.status
     if status.state != "pending" or status.executor is not None:
         return None
-    if job.metadata.deletion_timestamp:
+    if job.metadata.deletion_timestamp is not None:
         return None
-    if status.dispatch_after:
-        remaining = parse_time(status.dispatch_after) - now
+    if status.dispatch_after is not None:
+        remaining = status.dispatch_after - now
         if remaining > timedelta(0):
             return remaining
     return timedelta(0)
@@ -423,7 +415,7 @@ def dispatch(job: Job, executor: str, now: datetime) -> Decision:
             "attempt": attempt,
             "dispatch_after": None,
             "reason": None,
-            "updated_at": rfc3339(now),
+            "updated_at": now,
             "observed_generation": job.metadata.generation,
             "conditions": set_condition(
                 status,
@@ -458,8 +450,8 @@ def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision
                 "executor": None,
                 "reason": "ExecutorLostTooOften",
                 "message": message,
-                "ended_at": rfc3339(now),
-                "updated_at": rfc3339(now),
+                "ended_at": now,
+                "updated_at": now,
                 "history": history,
                 "result": None,
                 "observed_generation": generation,
@@ -485,7 +477,7 @@ def executor_lost(job: Job, policy: Policy, now: datetime, why: str) -> Decision
     new = requeued.model_copy(
         update={
             "auto_reschedules": losses,
-            "dispatch_after": rfc3339(now + delay),
+            "dispatch_after": now + delay,
             "message": message,
             "conditions": set_condition(
                 requeued, names.RESCHEDULED, True, "ExecutorLost", message, now, generation
@@ -509,12 +501,11 @@ def follow_executor(
     status = job.status
     if status.executor != name or status.terminal:
         return Decision(status, status)
-    if executor is None or executor.metadata.deletion_timestamp:
+    if executor is None or executor.metadata.deletion_timestamp is not None:
         return executor_lost(job, policy, now, "was deleted")
     if executor.spec.job_ref.uid != job.metadata.uid:
         return Decision(status, status)
     phase = executor.status.phase
-    stamp = rfc3339(now)
     generation = job.metadata.generation
     if phase == "Terminated":
         return executor_lost(job, policy, now, "was terminated")
@@ -524,8 +515,8 @@ def follow_executor(
             status.model_copy(
                 update={
                     "state": "running",
-                    "started_at": status.started_at or stamp,
-                    "updated_at": stamp,
+                    "started_at": status.started_at or now,
+                    "updated_at": now,
                     "observed_generation": generation,
                 }
             ),
@@ -539,9 +530,9 @@ def follow_executor(
                     "result": executor.status.result or {},
                     "reason": "Succeeded",
                     "message": executor.status.message,
-                    "started_at": status.started_at or stamp,
-                    "ended_at": stamp,
-                    "updated_at": stamp,
+                    "started_at": status.started_at or now,
+                    "ended_at": now,
+                    "updated_at": now,
                     "observed_generation": generation,
                 }
             ),
@@ -554,9 +545,9 @@ def follow_executor(
                     "state": "failed",
                     "reason": "ExecutorFailed",
                     "message": executor.status.message or f"{name} failed",
-                    "started_at": status.started_at or stamp,
-                    "ended_at": stamp,
-                    "updated_at": stamp,
+                    "started_at": status.started_at or now,
+                    "ended_at": now,
+                    "updated_at": now,
                     "observed_generation": generation,
                 }
             ),
@@ -573,7 +564,7 @@ def initialise(job: Job, now: datetime) -> Decision:
         job.status.model_copy(
             update={
                 "state": "pending",
-                "updated_at": rfc3339(now),
+                "updated_at": now,
                 "observed_generation": job.metadata.generation,
             }
         ),
@@ -591,8 +582,8 @@ def events(
     them unposted, and events are keyed, so those already posted stay single.
     """
 
-    def recorded(new: bool, stamp: str) -> bool:
-        return new if before is not None else since is None or parse_time(stamp) >= since
+    def recorded(new: bool, handled_at: datetime) -> bool:
+        return new if before is not None else since is None or handled_at >= since
 
     made: list[Event] = []
     old = before or JobStatus()
@@ -677,7 +668,11 @@ def plan(
     if due == timedelta(0):
         attempt = current.status.attempt + 1
         adopted = next(
-            (c for c in mine if c.spec.attempt == attempt and not c.metadata.deletion_timestamp),
+            (
+                c
+                for c in mine
+                if c.spec.attempt == attempt and c.metadata.deletion_timestamp is None
+            ),
             None,
         )
         if adopted is not None:
@@ -693,7 +688,7 @@ def plan(
     delete = tuple(
         c.metadata.name
         for c in clusters
-        if not c.metadata.deletion_timestamp
+        if c.metadata.deletion_timestamp is None
         and c.metadata.name != after.executor
         and not (waiting and c.spec.job_ref.uid == uid and c.spec.attempt == after.attempt + 1)
     )

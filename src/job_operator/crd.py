@@ -9,8 +9,9 @@ from __future__ import annotations
 import sys
 import types
 import typing
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, MaxLen, MinLen
@@ -27,6 +28,10 @@ CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 def _type_schema(annotation: Any) -> dict[str, Any]:
     """The OpenAPI v3 schema of one Python type (as the models use them)."""
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # models.Timestamp inside `| None`
+        return _type_schema(args[0])
+    if annotation is datetime:  # models.Timestamp: stored as an RFC 3339 string
+        return {"type": "string", "format": "date-time"}
     if origin in (typing.Union, types.UnionType):
         present = [a for a in args if a is not type(None)]
         if sorted(present, key=str) == sorted([int, str], key=str):

@@ -19,8 +19,8 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from job_operator import metrics
-from job_operator.core import rfc3339
 from job_operator.kube import Kube
+from job_operator.models import rfc3339
 
 log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "coordination.k8s.io", "v1", "leases"

@@ -7,9 +7,10 @@ Field names are the API's (camelCase); Python attributes are snake_case.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 JobState = Literal["pending", "running", "completed", "cancelled", "failed"]
@@ -23,7 +24,57 @@ HistoryReason = Literal["Rescheduled", "ExecutorLost", "Cancelled"]
 
 HISTORY_LIMIT: Final = 20
 TOKEN_MAX_LENGTH: Final = 256
-TIMESTAMP = {"format": "date-time"}
+
+
+def rfc3339(moment: datetime) -> str:
+    """The written form of the operator's times: UTC, to the microsecond, with `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def kube_time(moment: datetime) -> str:
+    """A time as Kubernetes writes metav1.Time (metadata's, events'): to the second, `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_time(value: object) -> datetime:
+    """A time as the API server lets it be stored (RFC 3339: `Z` or an offset, any
+    fraction, `t`/`z` in either case), or an aware datetime; in UTC.
+
+    A time without a timezone, or one `datetime` cannot hold (year 0), is refused with a
+    ValueError naming it: readers count an object they cannot read and leave it alone.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise ValueError(f"not an RFC 3339 time: {value!r}") from None
+    else:
+        raise ValueError(f"not a time: {value!r}")
+    if moment.utcoffset() is None:
+        raise ValueError(f"a time without a timezone: {value!r}")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"a time out of range: {value!r}") from None
+
+
+TIME_SCHEMA: Final = WithJsonSchema({"type": "string", "format": "date-time"})
+Timestamp = Annotated[
+    datetime,
+    PlainValidator(parse_time),
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
+    TIME_SCHEMA,
+]
+"""A time the operator writes: an aware UTC datetime in Python, `rfc3339` in JSON."""
+KubeTime = Annotated[
+    datetime,
+    PlainValidator(parse_time),
+    PlainSerializer(kube_time, return_type=str, when_used="json"),
+    TIME_SCHEMA,
+]
+"""A time the API server writes (metadata's): as Timestamp, but to the second in JSON."""
 
 
 def immutable(field: str) -> dict[str, Any]:
@@ -90,7 +141,7 @@ class Condition(ApiModel):
     status: ConditionStatus
     reason: str
     message: str = ""
-    last_transition_time: Annotated[str, Field(json_schema_extra=TIMESTAMP)]
+    last_transition_time: Timestamp
     observed_generation: int | None = None
 
 
@@ -100,7 +151,7 @@ class RescheduleRecord(ApiModel):
     request: str
     outcome: RescheduleOutcome
     force: bool
-    handled_at: Annotated[str, Field(json_schema_extra=TIMESTAMP)]
+    handled_at: Timestamp
     previous_state: JobState
     previous_executor: str | None = None
     requested_by: str | None = None
@@ -111,7 +162,7 @@ class CancelRecord(ApiModel):
 
     request: str
     outcome: CancelOutcome
-    handled_at: Annotated[str, Field(json_schema_extra=TIMESTAMP)]
+    handled_at: Timestamp
     previous_state: JobState
 
 
@@ -122,7 +173,7 @@ class RejectedRequest(ApiModel):
     token_digest: Annotated[str, Field(description="sha256 of the refused token, hex.")]
     reason: str
     message: str
-    rejected_at: Annotated[str, Field(json_schema_extra=TIMESTAMP)]
+    rejected_at: Timestamp
 
 
 class HistoryEntry(ApiModel):
@@ -131,8 +182,8 @@ class HistoryEntry(ApiModel):
     attempt: int
     executor: str | None = None
     state: JobState
-    started_at: Annotated[str | None, Field(json_schema_extra=TIMESTAMP)] = None
-    ended_at: Annotated[str | None, Field(json_schema_extra=TIMESTAMP)] = None
+    started_at: Timestamp | None = None
+    ended_at: Timestamp | None = None
     reason: HistoryReason
     result: dict[str, Any] | None = None
 
@@ -146,15 +197,12 @@ class JobStatus(ApiModel):
     result: dict[str, Any] | None = None
     reason: Annotated[str | None, Field(description="Why the job is in its state.")] = None
     message: str | None = None
-    started_at: Annotated[str | None, Field(json_schema_extra=TIMESTAMP)] = None
-    ended_at: Annotated[str | None, Field(json_schema_extra=TIMESTAMP)] = None
-    updated_at: Annotated[str | None, Field(json_schema_extra=TIMESTAMP)] = None
+    started_at: Timestamp | None = None
+    ended_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
     dispatch_after: Annotated[
-        str | None,
-        Field(
-            description="Backoff after an executor loss: no dispatch before this time.",
-            json_schema_extra=TIMESTAMP,
-        ),
+        Timestamp | None,
+        Field(description="Backoff after an executor loss: no dispatch before this time."),
     ] = None
     reschedule: RescheduleRecord | None = None
     cancel: CancelRecord | None = None
@@ -199,8 +247,8 @@ class ObjectMeta(ApiModel):
     uid: str = ""
     resource_version: str = ""
     generation: int | None = None
-    creation_timestamp: str | None = None
-    deletion_timestamp: str | None = None
+    creation_timestamp: KubeTime | None = None
+    deletion_timestamp: KubeTime | None = None
     annotations: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     managed_fields: list[dict[str, Any]] = Field(default_factory=list)

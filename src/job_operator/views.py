@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from job_operator.models import Job
+from job_operator.models import Job, kube_time, rfc3339
 
 
 def seed_job(job: Job) -> dict[str, Any]:
     """The job as the seed's HTTP API shows it."""
-    spec, status = job.spec, job.status
+    spec, status, created = job.spec, job.status, job.metadata.creation_timestamp
     source = spec.request_source
     return {
         "job_id": job.metadata.uid,
@@ -27,9 +27,9 @@ def seed_job(job: Job) -> dict[str, Any]:
         },
         "idempotency_key": spec.idempotency_key,
         "result": status.result,
-        "created_at": job.metadata.creation_timestamp,
-        "updated_at": status.updated_at,
-        "ended_at": status.ended_at,
+        "created_at": None if created is None else kube_time(created),
+        "updated_at": None if status.updated_at is None else rfc3339(status.updated_at),
+        "ended_at": None if status.ended_at is None else rfc3339(status.ended_at),
     }
 
 

@@ -27,7 +27,8 @@ import pytest
 import yaml
 
 from job_operator import names
-from tests.helpers import Kube, wait_for
+from job_operator.models import parse_time
+from tests.helpers import Kube, run_plugin, wait_for
 from tests.identities import IdentityMinter
 from tests.integration.conftest import HANG, REPO, Jobs, Operator, Process, job_operator_env
 
@@ -174,10 +175,6 @@ def request_patches(kube: Kube, user: str, since: int = 0) -> list[dict[str, Any
         and (e.get("objectRef") or {}).get("resource") == names.JOB_PLURAL
         and not (e.get("objectRef") or {}).get("subresource")
     ]
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def most_waiting(intervals: list[tuple[datetime, datetime]]) -> int:
@@ -381,15 +378,7 @@ def test_empty_selection_and_name_with_selection_are_refused(kube: Kube, jobs: J
         assert says in proc.stderr, (args, proc.stderr)
         assert proc.stdout == ""
     # The same command as a kubectl plugin: `kubectl reschedule` takes a selection too.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    plugin = subprocess.run(
-        [kube.kubectl, "reschedule", "-n", jobs.namespace, "--all", "--dry-run", "-o", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    plugin = run_plugin(kube, env, "-n", jobs.namespace, "--all", "--dry-run", "-o", "json")
     assert plugin.returncode == 0, plugin.stderr
     assert set(job_lines(json_lines(plugin.stdout))) == {"only"}
     annotations = jobs.get("only")["metadata"].get("annotations", {})

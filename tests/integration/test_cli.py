@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from job_operator import names
-from tests.helpers import Kube
+from tests.helpers import Kube, run_plugin
 from tests.integration.conftest import HANG, Jobs, Operator, Process, job_operator_env
 
 SEED_KEYS = {
@@ -162,16 +160,6 @@ def test_kubectl_plugin(kube: Kube, jobs: Jobs, operator: Operator, simulator: P
     jobs.create("plugged")
     jobs.wait_state("plugged", "completed")
     env = job_operator_env(kube.kubeconfig)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # kubectl finds `kubectl-reschedule` on PATH; flags can't precede a plugin's name,
-    # so the cluster comes from $KUBECONFIG.
-    proc = subprocess.run(
-        [kube.kubectl, "reschedule", "plugged", "-n", jobs.namespace, "--force", "-o", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_plugin(kube, env, "plugged", "-n", jobs.namespace, "--force", "-o", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["outcome"] == "rescheduled"

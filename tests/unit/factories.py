@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from job_operator import names
-from job_operator.core import rfc3339
 from job_operator.models import ExecutorCluster, Job
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
@@ -37,8 +36,8 @@ def make_job(
     generation: int | None = 1,
     annotations: dict[str, str] | None = None,
     managed_fields: list[dict[str, Any]] | None = None,
-    deletion_timestamp: str | None = None,
-    creation_timestamp: str | None = None,
+    deletion_timestamp: datetime | None = None,
+    creation_timestamp: datetime | None = None,
     type_: str = "materialize-view",
     input_: dict[str, Any] | None = None,
     executor_class: str = "default",
@@ -54,7 +53,7 @@ def make_job(
                 "uid": uid,
                 "resourceVersion": "1",
                 "generation": generation,
-                "creationTimestamp": creation_timestamp or rfc3339(NOW),
+                "creationTimestamp": creation_timestamp or NOW,
                 "deletionTimestamp": deletion_timestamp,
                 "annotations": annotations or {},
                 "managedFields": managed_fields or [],
@@ -80,8 +79,8 @@ def make_executor(
     phase: str | None = None,
     result: dict[str, Any] | None = None,
     message: str | None = None,
-    creation_timestamp: str | None = None,
-    deletion_timestamp: str | None = None,
+    creation_timestamp: datetime | None = None,
+    deletion_timestamp: datetime | None = None,
 ) -> ExecutorCluster:
     """An ExecutorCluster of `job` (or of a job with `job_uid`)."""
     job_name = job.metadata.name if job is not None else JOB_NAME

@@ -16,7 +16,7 @@ RUNNING: dict[str, Any] = {
     "state": "running",
     "executor": "job-executor-1",
     "attempt": 1,
-    "updated_at": "x",
+    "updated_at": NOW,
 }
 
 
@@ -27,7 +27,7 @@ def record(
         request=TOKEN,
         outcome=outcome,
         force=extra.pop("force", False),
-        handled_at=core.rfc3339(NOW),
+        handled_at=NOW,
         previous_state=previous,
         **extra,
     )
@@ -112,7 +112,7 @@ def test_predict_follows_the_operators_rules() -> None:
     running = bulk.predict(*running_job(), TOKEN, False, NOW)
     assert (running.outcome, running.already_handled) == ("rescheduled", False)
     assert running.why == "rescheduled from running on job-executor-1"
-    done = make_job(state="completed", executor="job-executor-1", attempt=1, updated_at="x")
+    done = make_job(state="completed", executor="job-executor-1", attempt=1, updated_at=NOW)
     succeeded = [make_executor("job-executor-1", job=done, phase="Succeeded")]
     skipped = bulk.predict(done, succeeded, TOKEN, False, NOW)
     assert skipped.outcome == "skipped_terminal"
@@ -165,7 +165,7 @@ def test_recorded_outcome_and_carries() -> None:
         token_digest=core.token_digest(TOKEN),
         reason="TokenTooLong",
         message="too long",
-        rejected_at=core.rfc3339(NOW),
+        rejected_at=NOW,
     )
     rejected = make_job(rejected_requests=[refused], **RUNNING)
     assert bulk.recorded_outcome(rejected.status, TOKEN) == bulk.Recorded("refused", "too long")

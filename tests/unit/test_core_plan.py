@@ -18,7 +18,7 @@ OLD = "job-executor-11111111-1111-4111-8111-111111111111"
 CURRENT = "job-executor-22222222-2222-4222-8222-222222222222"
 FRESH = "job-executor-33333333-3333-4333-8333-333333333333"
 POLICY = Policy()
-STARTED = core.rfc3339(NOW - timedelta(minutes=10))
+STARTED = NOW - timedelta(minutes=10)
 
 
 def job_on(state: JobState = "running", **status: Any) -> Job:
@@ -195,9 +195,7 @@ def test_the_cluster_of_a_finished_job_is_kept() -> None:
 
 
 def test_the_next_attempts_cluster_is_kept_during_a_backoff_then_adopted() -> None:
-    waiting = job_on(
-        "pending", executor=None, dispatch_after=core.rfc3339(NOW + timedelta(seconds=5))
-    )
+    waiting = job_on("pending", executor=None, dispatch_after=NOW + timedelta(seconds=5))
     early = cluster(OLD, attempt=3, phase=None)
     made = plan(waiting, early)
     assert made.empty and made.requeue_after == timedelta(seconds=5)

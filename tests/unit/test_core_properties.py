@@ -106,7 +106,7 @@ class JobWorld(RuleBasedStateMachine):
             if old_condition is not None and old_condition.status == new_condition.status:
                 assert new_condition.last_transition_time == old_condition.last_transition_time
             elif old_condition is None or old_condition != new_condition:
-                assert new_condition.last_transition_time == core.rfc3339(self.now)
+                assert new_condition.last_transition_time == self.now
         assert decision.delete_executor is None or decision.delete_executor == before.executor, (
             "deleted an executor the job was not on"
         )
@@ -174,7 +174,7 @@ class JobWorld(RuleBasedStateMachine):
             if before.auto_reschedules < self.job.spec.max_auto_reschedules:
                 losses = before.auto_reschedules + 1
                 assert (after.state, after.auto_reschedules) == ("pending", losses)
-                assert after.dispatch_after == core.rfc3339(self.now + POLICY.backoff(losses))
+                assert after.dispatch_after == self.now + POLICY.backoff(losses)
                 assert core.dispatch_due(self.job, self.now) == POLICY.backoff(losses)
             else:
                 assert (after.state, after.reason) == ("failed", "ExecutorLostTooOften")
@@ -220,7 +220,7 @@ class JobWorld(RuleBasedStateMachine):
             waiting = self.job.status.dispatch_after
             if due is not None:  # waiting out a backoff
                 assert waiting is not None
-                assert due == core.parse_time(waiting) - self.now > timedelta(0)
+                assert due == waiting - self.now > timedelta(0)
             decision = core.dispatch(
                 self.job, executors.new_executor_name(str(uuid.uuid4())), self.now
             )
@@ -229,13 +229,13 @@ class JobWorld(RuleBasedStateMachine):
         status = self.job.status
         assert status.state == "pending"
         assert status.executor is None
-        assert status.dispatch_after is None or core.parse_time(status.dispatch_after) <= self.now
+        assert status.dispatch_after is None or status.dispatch_after <= self.now
         name = executors.new_executor_name(str(uuid.uuid4()))
         assert name not in self.dispatched
         assert name not in self.prehistoric
         manifest = executors.executor_manifest(self.job, name)
         manifest["metadata"]["uid"] = str(uuid.uuid4())
-        manifest["metadata"]["creationTimestamp"] = core.rfc3339(self.now)
+        manifest["metadata"]["creationTimestamp"] = self.now
         executor = ExecutorCluster.model_validate(manifest)
         assert executor.spec.attempt == self.job.status.attempt + 1
         self.models[name] = executor

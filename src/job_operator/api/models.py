@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from job_operator.models import TOKEN_MAX_LENGTH, JobState, RescheduleOutcome
+from job_operator.models import TIME_SCHEMA, TOKEN_MAX_LENGTH, JobState, RescheduleOutcome
 
 # An Idempotency-Key becomes the request's annotation token: as long as the annotation
 # allows, in printable ASCII without spaces (what an HTTP header carries safely).
@@ -15,6 +15,8 @@ KEY_PATTERN: Final = r"^[!-~]+$"
 IdempotencyKey = Annotated[
     str, Field(min_length=1, max_length=TOKEN_MAX_LENGTH, pattern=KEY_PATTERN)
 ]
+# A time as views.seed_job writes it (models.rfc3339 or kube_time): RFC 3339 text.
+TimeText = Annotated[str, TIME_SCHEMA]
 
 
 class RescheduleBody(BaseModel):
@@ -52,9 +54,9 @@ class SeedJob(BaseModel):
     request_source: RequestSource | None
     idempotency_key: str | None
     result: dict[str, Any] | None
-    created_at: str | None
-    updated_at: str | None
-    ended_at: str | None
+    created_at: TimeText | None
+    updated_at: TimeText | None
+    ended_at: TimeText | None
 
 
 class RescheduleResult(SeedJob):
