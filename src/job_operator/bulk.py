@@ -21,14 +21,14 @@ import json
 import logging
 import sys
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO, get_args
 
 import aiohttp
-from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -43,7 +43,7 @@ from job_operator.cli import (
     new_token,
     positive_int,
 )
-from job_operator.kube import Kube, NotFound, lean
+from job_operator.kube import Kube, NotFound, lean, transient
 from job_operator.models import (
     TERMINAL_STATES,
     TOKEN_MAX_LENGTH,
@@ -183,6 +183,9 @@ def recorded_outcome(status: JobStatus, token: str) -> Recorded | None:
         if rejected.annotation == names.RESCHEDULE_ANNOTATION and rejected.token_digest == digest:
             return Recorded("refused", rejected.message)
     return None
+
+
+GONE: Final = Recorded("deleted", "the job was deleted")
 
 
 @dataclass(frozen=True)
@@ -559,7 +562,7 @@ class Run:
                 uid=job.metadata.uid,
             )
         except NotFound:
-            self.finish(target, Recorded("deleted", "the job was deleted"))
+            self.finish(target, GONE)
         except ApiException as error:
             failure = denied(error)
             if failure is not None:
@@ -575,58 +578,44 @@ class Run:
             self.observe(target, written)
 
     async def watch(self, resource_version: str) -> None:
-        """Follow every job in scope, from `resource_version` on; re-list when the watch
-        expires, reconnect when it breaks."""
-        args: tuple[str, ...] = (names.GROUP, names.VERSION)
-        if self.namespace is None:
-            lister: Callable[..., Any] = self.kube.custom.list_cluster_custom_object
-            args += (names.JOB_PLURAL,)
-        else:
-            lister = self.kube.custom.list_namespaced_custom_object
-            args += (self.namespace, names.JOB_PLURAL)
-        delay = 0.1
-        while True:
-            try:
-                async with watch.Watch() as stream:
-                    async for event in stream.stream(
-                        lister,
-                        *args,
-                        resource_version=resource_version,
-                        allow_watch_bookmarks=True,
-                        timeout_seconds=WATCH_SECONDS,
-                        _request_timeout=WATCH_SECONDS + 30,  # a silently dead connection
-                    ):
-                        resource_version = stream.resource_version or resource_version
-                        delay = 0.1
-                        self.follow(event["type"], event["raw_object"])
-            except ApiException as error:
-                if error.status != 410:
-                    raise denied(error) or error from None
-                resource_version = await self.resync()
-            except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as error:
-                log.debug("the watch broke (%s); watching again", error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        """Follow every job in scope from `resource_version` (the selection's list) on."""
+        await self.kube.list_then_watch(
+            names.JOB_PLURAL,
+            self.namespace,
+            self.follow,
+            on_listed=self.listed,
+            on_error=self.watch_failed,
+            resource_version=resource_version,
+            watch_seconds=WATCH_SECONDS,
+        )
 
     def follow(self, kind: str, raw: dict[str, Any]) -> None:
+        """A job as watched, or as listed again after the watch expired (ADDED)."""
         target = self.targets.get((raw.get("metadata") or {}).get("uid", ""))
-        if target is None or kind == "BOOKMARK":
+        if target is None:
             return
         if kind == "DELETED":
-            self.finish(target, Recorded("deleted", "the job was deleted"))
-        else:
-            self.observe(target, Job.model_validate(lean(raw)))
+            self.finish(target, GONE)
+            return
+        try:
+            job = Job.model_validate(lean(raw))
+        except ValidationError as error:  # not the operator's writing: it never records it
+            log.debug("%s: not read as a job: %s", target.key, error)
+            return
+        self.observe(target, job)
 
-    async def resync(self) -> str:
-        """The watch expired: read every job again; those gone were deleted."""
-        jobs, resource_version = await self.kube.job_snapshot(self.namespace)
-        found = {j.metadata.uid: j for j in jobs}
+    def listed(self, present: set[str]) -> None:
+        """Every job was listed again (the watch expired): those not listed were deleted."""
         for uid, target in self.targets.items():
-            if uid in found:
-                self.observe(target, found[uid])
-            else:
-                self.finish(target, Recorded("deleted", "the job was deleted"))
-        return resource_version
+            if uid not in present:
+                self.finish(target, GONE)
+
+    def watch_failed(self, error: Exception) -> None:
+        """A refusal (401, 403: exit status 5) or another answer a retry will not change
+        ends the run; a broken connection or an odd answer is retried."""
+        if isinstance(error, ApiException) and not transient(error):
+            raise denied(error) or error from None
+        log.debug("the watch of jobs failed (%s); watching again", error)
 
 
 # --- the command ---------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Typed helpers over the few calls the project makes. Status writes of Jobs are
 compare-and-swap: the patch carries the resourceVersion the decision was made
 on, so the API server refuses it (409) if the job changed in between.
+`Kube.list_then_watch` is the one list-then-watch loop (as an informer's) that the
+bulk CLI, the simulator and the HTTP API follow custom objects with.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import aiohttp
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from job_operator import metrics, names
@@ -36,6 +39,8 @@ Listed = TypeVar("Listed", Job, ExecutorCluster)
 
 
 PAGE_SIZE = 500
+WATCH_SECONDS: Final = 300  # a watch's server-side timeout; the client gives up 30 s later
+TRANSIENT_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 
 
 def lean(raw: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +93,21 @@ def _translate(error: ApiException) -> Exception:
     return error
 
 
+def transient(error: BaseException) -> bool:
+    """A failure that passes, as while an API server restarts: 429 or 5xx, a dropped or
+    refused connection, a timeout."""
+    if isinstance(error, ApiException):
+        return error.status in TRANSIENT_STATUSES
+    return isinstance(error, TimeoutError | OSError | aiohttp.ClientError)
+
+
+def expired(error: BaseException) -> bool:
+    """410 Gone: the resourceVersion (or list continue token) asked for is no longer kept."""
+    return isinstance(error, ApiException) and error.status == 410
+
+
 async def retry_transient(call: Callable[[], Awaitable[T]], patience: float = 60.0) -> T:
-    """Retry a call through transient API failures (429, 5xx, dropped or refused
-    connections, as while an API server restarts) for up to `patience` seconds."""
+    """Retry a call through transient API failures for up to `patience` seconds."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + patience
     delay = 0.1
@@ -98,7 +115,7 @@ async def retry_transient(call: Callable[[], Awaitable[T]], patience: float = 60
         try:
             return await call()
         except ApiException as error:
-            if error.status not in (429, 500, 502, 503, 504) or loop.time() > give_up:
+            if not transient(error) or loop.time() > give_up:
                 raise _translate(error) from error
         except (TimeoutError, OSError, aiohttp.ClientError) as error:
             if loop.time() > give_up:
@@ -106,6 +123,43 @@ async def retry_transient(call: Callable[[], Awaitable[T]], patience: float = 60
             log.debug("transient API error: %s", error)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+def resume_from(error: BaseException, resource_version: str) -> str:
+    """Where a list-then-watch goes on after `error`: a watch again from
+    `resource_version` (the last one it saw) when the connection only broke; "" (list
+    again) when that version expired (410 Gone), when there is none, or after any
+    other failure (a refusal, an odd answer): what happened meanwhile is read anew."""
+    return resource_version if transient(error) else ""
+
+
+@dataclass
+class Backoff:
+    """How long a list-then-watch waits before trying again: `first`, doubling up to
+    `most`, from the first failure after progress (an event); but not at all before
+    listing again after a watch expired, unless it failed again since without progress."""
+
+    first: float = 0.1
+    most: float = 2.0
+    failures: int = 0  # since the last progress
+
+    def progress(self) -> None:
+        self.failures = 0
+
+    def wait(self, error: BaseException) -> float:
+        self.failures += 1
+        if expired(error) and self.failures == 1:
+            return 0.0
+        return float(min(self.first * 2 ** min(self.failures - 1, 30), self.most))
+
+
+def reraise(error: Exception) -> None:
+    """A list-then-watch's default `on_error`: any failure it cannot retry ends it."""
+    raise error
+
+
+def ignore_listed(present: set[str]) -> None:
+    """A list-then-watch's default `on_listed`: the caller keeps nothing to forget."""
 
 
 async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -287,24 +341,31 @@ class Kube:
         async for page in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
             yield readable(ExecutorCluster, page["items"])
 
+    def _lister(
+        self, plural: str, namespace: str | None
+    ) -> tuple[Callable[..., Any], tuple[str, ...]]:
+        """The list call of `plural` in `namespace` (None: cluster scope), and its arguments
+        (the same call watches, with watch=True)."""
+        if namespace is None:
+            return self.custom.list_cluster_custom_object, (names.GROUP, names.VERSION, plural)
+        return self.custom.list_namespaced_custom_object, (
+            names.GROUP,
+            names.VERSION,
+            namespace,
+            plural,
+        )
+
     async def _pages(
         self, plural: str, namespace: str | None, label_selector: str = ""
     ) -> AsyncIterator[dict[str, Any]]:
         """The raw list responses, a page at a time (`items`, `metadata`)."""
+        lister, arguments = self._lister(plural, namespace)
 
         async def page(token: str | None) -> dict[str, Any]:
             options: dict[str, Any] = {"label_selector": label_selector, "limit": PAGE_SIZE}
             if token:
                 options["_continue"] = token
-            raw: dict[str, Any]
-            if namespace is None:
-                raw = await self.custom.list_cluster_custom_object(
-                    names.GROUP, names.VERSION, plural, **options
-                )
-            else:
-                raw = await self.custom.list_namespaced_custom_object(
-                    names.GROUP, names.VERSION, namespace, plural, **options
-                )
+            raw: dict[str, Any] = await lister(*arguments, **options)
             return raw
 
         token: str | None = None
@@ -314,6 +375,80 @@ class Kube:
             token = raw["metadata"].get("continue")
             if not token:
                 return
+
+    async def list_then_watch(
+        self,
+        plural: str,
+        namespace: str | None,
+        on_event: Callable[[str, dict[str, Any]], None],
+        *,
+        on_listed: Callable[[set[str]], None] = ignore_listed,
+        on_error: Callable[[Exception], None] = reraise,
+        resource_version: str = "",
+        watch_seconds: int = WATCH_SECONDS,
+        resync: bool = False,
+        backoff: Backoff | None = None,
+    ) -> NoReturn:
+        """Follow every `plural` object in `namespace` (None: all), as an informer does,
+        until cancelled: list them a page at a time (each item to `on_event` as ADDED,
+        then the uids listed to `on_listed`: any other is gone), then watch from the
+        list's resourceVersion, or first from `resource_version` (of a list the caller
+        made). Watch events (ADDED, MODIFIED, DELETED; bookmarks only move the version
+        on) go to `on_event`.
+
+        A watch the server ends after `watch_seconds` is resumed from the last version
+        seen (with `resync`, everything is listed again instead); one whose version
+        expired (410 Gone) lists again. Every other failure (of a list, a watch or the
+        callbacks) goes to `on_error` first, which raises to end the loop or returns to
+        go on after a backoff: resumed where the connection only broke, listed again
+        after anything else (`resume_from`)."""
+        lister, arguments = self._lister(plural, namespace)
+        scope = namespace or "all namespaces"
+        pacing = backoff or Backoff()
+        while True:
+            try:
+                if not resource_version:
+                    resource_version = await self._list_into(plural, namespace, on_event, on_listed)
+                async with watch.Watch() as stream:
+                    async for event in stream.stream(
+                        lister,
+                        *arguments,
+                        resource_version=resource_version,
+                        allow_watch_bookmarks=True,
+                        timeout_seconds=watch_seconds,
+                        _request_timeout=watch_seconds + 30,  # a silently dead connection
+                    ):
+                        resource_version = stream.resource_version or resource_version
+                        pacing.progress()
+                        if event["type"] != "BOOKMARK":
+                            on_event(event["type"], event["raw_object"])
+                if resync:
+                    resource_version = ""
+            except Exception as error:
+                if expired(error):
+                    log.debug("the watch of %s in %s expired: listing again", plural, scope)
+                else:
+                    on_error(error)
+                resource_version = resume_from(error, resource_version)
+                await asyncio.sleep(pacing.wait(error))
+
+    async def _list_into(
+        self,
+        plural: str,
+        namespace: str | None,
+        on_event: Callable[[str, dict[str, Any]], None],
+        on_listed: Callable[[set[str]], None],
+    ) -> str:
+        """List for `list_then_watch`; returns the list's resourceVersion."""
+        present: set[str] = set()
+        resource_version = ""
+        async for page in self._pages(plural, namespace):
+            for item in page.get("items") or []:
+                present.add((item.get("metadata") or {}).get("uid", ""))
+                on_event("ADDED", item)
+            resource_version = page["metadata"].get("resourceVersion") or resource_version
+        on_listed(present)
+        return resource_version
 
     async def patch_executor_status(
         self, namespace: str, name: str, status: dict[str, Any]

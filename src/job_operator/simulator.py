@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -34,13 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
 import aiohttp
-from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
 from job_operator import names
 from job_operator.cli_support import run_loop
-from job_operator.kube import Kube, NotFound, retry_transient
+from job_operator.kube import Backoff, Kube, NotFound, retry_transient
 from job_operator.models import ExecutorPhase
 
 log = logging.getLogger("job_operator.simulator")
@@ -49,7 +49,7 @@ Outcome = Literal["succeed", "fail", "terminate", "hang", "stall"]
 OUTCOMES: Final[tuple[str, ...]] = get_args(Outcome)
 TERMINAL_PHASES: Final[frozenset[str]] = frozenset({"Succeeded", "Failed", "Terminated"})
 
-# A watch ends after this long and the simulator re-lists (a resync, and where a
+# A watch ends after this long and the simulator lists again (a resync, and where a
 # hung executor's Job annotations are read again).
 WATCH_TIMEOUT_SECONDS: Final = 300
 BACKOFF_MAX_SECONDS: Final = 30.0
@@ -360,75 +360,44 @@ class Simulator:
         )
 
     async def watch(self, namespace: str | None) -> None:
-        """List, then watch, ExecutorClusters in `namespace` (None: all), forever."""
+        """Follow ExecutorClusters in `namespace` (None: all), forever; listed again each
+        time a watch ends (a resync: a hung executor's Job annotations are read again)."""
         scope = namespace or "all namespaces"
-        backoff = 1.0
-        while True:
-            try:
-                resource_version = await self._list(namespace)
-                backoff = 1.0
-                await self._watch(namespace, resource_version)
-                log.debug("watch of executors in %s ended: re-listing", scope)
-            except ApiException as error:
-                if error.status == 410:
-                    log.debug("watch of executors in %s expired: re-listing", scope)
-                    continue
-                log.warning("watching executors in %s: %s %s", scope, error.status, error.reason)
-            except (NotFound, OSError, TimeoutError, aiohttp.ClientError) as error:
-                log.warning("watching executors in %s: %r", scope, error)
-            except Exception:  # a long-running simulator outlives odd answers; keep the trace
-                log.exception("watching executors in %s", scope)
-            else:
-                continue
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
-
-    def _list_call(self, namespace: str | None) -> tuple[Any, tuple[str, ...]]:
-        custom = self.kube.custom
-        if namespace is None:
-            return custom.list_cluster_custom_object, (
-                names.GROUP,
-                names.VERSION,
-                names.EXECUTOR_PLURAL,
-            )
-        return custom.list_namespaced_custom_object, (
-            names.GROUP,
-            names.VERSION,
-            namespace,
+        await self.kube.list_then_watch(
             names.EXECUTOR_PLURAL,
+            namespace,
+            self._event,
+            on_listed=functools.partial(self._listed, namespace),
+            on_error=functools.partial(self._watch_failed, scope),
+            watch_seconds=WATCH_TIMEOUT_SECONDS,
+            resync=True,
+            backoff=Backoff(first=1.0, most=BACKOFF_MAX_SECONDS),
         )
 
-    async def _list(self, namespace: str | None) -> str:
-        func, args = self._list_call(namespace)
-        raw: dict[str, Any] = await retry_transient(lambda: func(*args))
-        present = set()
-        for item in raw.get("items") or []:
-            present.add((item.get("metadata") or {}).get("uid"))
-            self.observe(item)
-        # Executors deleted while no watch was open: stop driving them.
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self.observe(obj)
+        elif kind == "DELETED":
+            uid = (obj.get("metadata") or {}).get("uid")
+            if uid:
+                self.forget(uid)
+
+    def _listed(self, namespace: str | None, present: set[str]) -> None:
+        """Executors deleted while no watch was open: stop driving them."""
         for uid, driver in list(self.drivers.items()):
             if uid not in present and namespace in (None, driver.namespace):
                 self.forget(uid)
-        return str((raw.get("metadata") or {}).get("resourceVersion") or "")
 
-    async def _watch(self, namespace: str | None, resource_version: str) -> None:
-        func, args = self._list_call(namespace)
-        async with watch.Watch() as stream:
-            async for event in stream.stream(
-                func,
-                *args,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                _request_timeout=WATCH_TIMEOUT_SECONDS + 30,
-            ):
-                kind, obj = event.get("type"), event.get("raw_object") or {}
-                if kind in ("ADDED", "MODIFIED"):
-                    self.observe(obj)
-                elif kind == "DELETED":
-                    uid = (obj.get("metadata") or {}).get("uid")
-                    if uid:
-                        self.forget(uid)
+    @staticmethod
+    def _watch_failed(scope: str, error: Exception) -> None:
+        """Logged, and tried again after a backoff, whatever it is: a long-running
+        simulator outlives odd answers, and a role not (yet) granting it list or watch."""
+        if isinstance(error, ApiException):
+            log.warning("watching executors in %s: %s %s", scope, error.status, error.reason)
+        elif isinstance(error, NotFound | OSError | TimeoutError | aiohttp.ClientError):
+            log.warning("watching executors in %s: %r", scope, error)
+        else:  # keep the trace
+            log.error("watching executors in %s", scope, exc_info=error)
 
     async def close(self) -> None:
         """Cancel every driver and wait for them to end."""

@@ -15,20 +15,17 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kubernetes_asyncio import watch
-
 from job_operator import names
 from job_operator.api import plan
-from job_operator.kube import PAGE_SIZE, Kube, retry_transient
+from job_operator.kube import Backoff, Kube
 from job_operator.models import Job
 
 log = logging.getLogger(__name__)
-WATCH_SECONDS: Final = 300
-RELIST_DELAY_SECONDS: Final = 1.0
+RELIST_DELAY_SECONDS: Final = 1.0  # after a failed list or watch
 
 JobKey = tuple[str, str]  # (namespace, name)
 
@@ -69,7 +66,7 @@ class Waiter:
 
 
 class JobIndex:
-    """Jobs by uid, and the waiters on them; fed by `run()`'s list and watch."""
+    """Jobs by uid, and the waiters on them; fed by `run()`'s lists and watches."""
 
     def __init__(self, kube: Kube, namespaces: Iterable[str] = (), max_waiting: int = 1000) -> None:
         self.kube = kube
@@ -133,85 +130,42 @@ class JobIndex:
                 waiter.offer(job)
 
     async def run(self) -> None:
-        """List, then watch from the list's version; list again when the watch breaks or
-        expires (410). Runs until cancelled."""
-        while True:
-            try:
-                version = await self.relist()
+        """Follow the jobs of each namespace served (or of all): ready (`synced`) once
+        each has been listed, and from then on. Runs until cancelled."""
+        unlisted = set(self.namespaces)
+
+        def listed(namespace: str | None, present: set[str]) -> None:
+            self.forget_unlisted(namespace, present)
+            unlisted.discard(namespace)
+            if not unlisted:
                 self.synced.set()
-                await self.follow(version)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # an expired or broken watch: list again
-                reason = getattr(error, "status", None) or type(error).__name__
-                log.info("the watch of jobs ended (%s); listing them again", reason)
-                await asyncio.sleep(RELIST_DELAY_SECONDS)
 
-    async def relist(self) -> dict[str | None, str]:
-        """Every job, page by page; jobs gone since the last list are forgotten (and their
-        waiters told). Returns each namespace's list resourceVersion."""
-        seen: dict[str, JobKey] = {}
-        versions: dict[str | None, str] = {}
-        for namespace in self.namespaces:
-            token: str | None = None
-            while True:
-                page = await retry_transient(functools.partial(self._page, namespace, token))
-                for item in page.get("items") or []:
-                    metadata = item.get("metadata") or {}
-                    seen[metadata.get("uid", "")] = (metadata["namespace"], metadata["name"])
-                    self.observe("ADDED", item)
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    versions[namespace] = page["metadata"]["resourceVersion"]
-                    break
-        for uid, key in list(self.by_uid.items()):
-            if uid not in seen:
-                self.observe(
-                    "DELETED", {"metadata": {"uid": uid, "namespace": key[0], "name": key[1]}}
-                )
-        return versions
-
-    def _lister(self, namespace: str | None) -> tuple[Callable[..., Any], tuple[str, ...]]:
-        """The list call (and its arguments) for one namespace, or for all."""
-        custom = self.kube.custom
-        if namespace is None:
-            return custom.list_cluster_custom_object, (names.GROUP, names.VERSION, names.JOB_PLURAL)
-        return custom.list_namespaced_custom_object, (
-            names.GROUP,
-            names.VERSION,
-            namespace,
-            names.JOB_PLURAL,
-        )
-
-    async def _page(self, namespace: str | None, token: str | None) -> dict[str, Any]:
-        options: dict[str, Any] = {"limit": PAGE_SIZE}
-        if token:
-            options["_continue"] = token
-        lister, arguments = self._lister(namespace)
-        raw: dict[str, Any] = await lister(*arguments, **options)
-        return raw
-
-    async def follow(self, versions: dict[str | None, str]) -> None:
-        """Watch each namespace (or all) from its version until a watch fails."""
         async with asyncio.TaskGroup() as group:
-            for namespace, version in versions.items():
-                group.create_task(self._watch(namespace, version))
+            for namespace in self.namespaces:
+                group.create_task(
+                    self.kube.list_then_watch(
+                        names.JOB_PLURAL,
+                        namespace,
+                        self.observe,
+                        on_listed=functools.partial(listed, namespace),
+                        on_error=functools.partial(self.watch_failed, namespace),
+                        backoff=Backoff(first=RELIST_DELAY_SECONDS, most=RELIST_DELAY_SECONDS),
+                    )
+                )
 
-    async def _watch(self, namespace: str | None, version: str) -> None:
-        lister, arguments = self._lister(namespace)
-        while True:
-            stream = watch.Watch()
-            try:
-                async for event in stream.stream(
-                    lister,
-                    *arguments,
-                    resource_version=version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=WATCH_SECONDS,
-                ):
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self.observe(event["type"], event["raw_object"])
-            finally:
-                stream.stop()
-            if stream.resource_version:
-                version = stream.resource_version
+    def forget_unlisted(self, namespace: str | None, present: set[str]) -> None:
+        """The jobs of `namespace` (None: all) were listed: those not listed are gone (and
+        their waiters told)."""
+        for uid, (job_namespace, name) in list(self.by_uid.items()):
+            if uid not in present and namespace in (None, job_namespace):
+                self.observe(
+                    "DELETED", {"metadata": {"uid": uid, "namespace": job_namespace, "name": name}}
+                )
+
+    @staticmethod
+    def watch_failed(namespace: str | None, error: Exception) -> None:
+        """Logged; the watch goes on (the server stays ready: it answers what it knows)."""
+        reason = getattr(error, "status", None) or type(error).__name__
+        log.info(
+            "the watch of jobs in %s failed (%s); following them again", namespace or "*", reason
+        )
