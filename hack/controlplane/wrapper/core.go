@@ -198,7 +198,7 @@ func (h *coreHandler) serveCore(w http.ResponseWriter, r *http.Request, parts []
 		h.namespaces.serve(w, r, "", "")
 	case len(parts) == 2 && parts[0] == "namespaces":
 		h.namespaces.serve(w, r, "", parts[1])
-		if r.Method == http.MethodDelete {
+		if r.Method == http.MethodDelete && !dryRun(r) {
 			h.events.dropNamespace(parts[1])
 		}
 	case len(parts) == 1 && parts[0] == "events":
@@ -255,10 +255,16 @@ func (s *store) serve(w http.ResponseWriter, r *http.Request, namespace, name st
 	case name != "" && (r.Method == http.MethodPut || r.Method == http.MethodPatch):
 		s.update(w, r, namespace, name)
 	case name != "" && r.Method == http.MethodDelete:
-		s.delete(w, namespace, name)
+		s.delete(w, r, namespace, name)
 	default:
 		writeStatus(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 	}
+}
+
+// dryRun: the request (?dryRun=All, as `kubectl apply --dry-run=server` sends) is to be
+// checked and answered as if it were made, and to change nothing.
+func dryRun(r *http.Request) bool {
+	return len(r.URL.Query()["dryRun"]) > 0
 }
 
 func (s *store) notFound(w http.ResponseWriter, name string) {
@@ -306,6 +312,10 @@ func (s *store) create(w http.ResponseWriter, r *http.Request, namespace string)
 	meta["creationTimestamp"] = time.Now().UTC().Format(time.RFC3339)
 	if s.kind == "Namespace" {
 		obj["status"] = object{"phase": "Active"}
+	}
+	if dryRun(r) {
+		writeJSON(w, http.StatusCreated, obj)
+		return
 	}
 	s.bump(obj)
 	s.items[k] = obj
@@ -356,6 +366,10 @@ func (s *store) update(w http.ResponseWriter, r *http.Request, namespace, name s
 		}
 	}
 	obj["kind"], obj["apiVersion"] = s.kind, "v1"
+	if dryRun(r) {
+		writeJSON(w, http.StatusOK, obj)
+		return
+	}
 	s.bump(obj)
 	s.items[k] = obj
 	s.journal.write(journalEntry{Kind: s.kind, Op: "put", Key: k, Obj: obj})
@@ -363,13 +377,17 @@ func (s *store) update(w http.ResponseWriter, r *http.Request, namespace, name s
 	writeJSON(w, http.StatusOK, obj)
 }
 
-func (s *store) delete(w http.ResponseWriter, namespace, name string) {
+func (s *store) delete(w http.ResponseWriter, r *http.Request, namespace, name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	k := key(namespace, name)
 	obj, ok := s.items[k]
 	if !ok {
 		s.notFound(w, name)
+		return
+	}
+	if dryRun(r) {
+		writeJSON(w, http.StatusOK, obj)
 		return
 	}
 	delete(s.items, k)
