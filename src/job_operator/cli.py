@@ -22,6 +22,7 @@ import yaml
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from job_operator import core, names, views
 from job_operator.cli_support import lease_namespace
@@ -32,6 +33,7 @@ EXIT_NOT_FOUND = 1
 EXIT_REFUSED = 3
 EXIT_TIMEOUT = 4
 EXIT_DENIED = 5
+EXIT_UNREADABLE = 6
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -382,8 +384,19 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise
         print(f"job-operator: {failure}", file=sys.stderr)
         sys.exit(failure.code)
+    except ValidationError as error:
+        print(f"job-operator: {unreadable(error)}", file=sys.stderr)
+        sys.exit(EXIT_UNREADABLE)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def unreadable(error: ValidationError) -> str:
+    """A stored object the models refuse (a status time edited to year 0, say), in a line."""
+    fields = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
+    )
+    return f"cannot read the {error.title}: {fields}"
 
 
 def dispatch_command(args: argparse.Namespace) -> int:

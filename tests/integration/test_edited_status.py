@@ -10,13 +10,15 @@ written meanwhile is handled.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from job_operator import names
+from job_operator import cli, names
 from job_operator.models import parse_time
 from tests.helpers import wait_for
-from tests.integration.conftest import Jobs, Operator
+from tests.integration.conftest import Jobs, Operator, job_operator_env
 
 ERRORS = "job_operator_errors_total"
 YEAR_ZERO = "0000-01-01T00:00:00Z"
@@ -66,6 +68,18 @@ def test_an_edited_time_is_read_or_counted_never_a_crash(
     wait_parse_errors(operator, 2)
     assert "reschedule" not in jobs.status("year-zero")
     assert "ignoring a Job the operator cannot read" in operator.log()
+    shown = subprocess.run(
+        [sys.executable, "-m", "job_operator", "get", "year-zero", "-n", jobs.namespace],
+        env=job_operator_env(jobs.kube.kubeconfig),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (shown.returncode, shown.stdout) == (cli.EXIT_UNREADABLE, ""), shown.stderr
+    assert shown.stderr.splitlines() == [
+        "job-operator: cannot read the Job: status.startedAt: Value error, not an RFC 3339 "
+        f"time: '{YEAR_ZERO}'"
+    ]
 
     # A fresh operator lists the namespace at start-up (event repair, the sweep): it
     # starts, counts the job it cannot read and handles the rest.

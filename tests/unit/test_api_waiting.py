@@ -54,6 +54,21 @@ async def test_a_waiter_resolves_on_its_token_only() -> None:
     assert jobs.waiting == 0 and jobs.waiters == {}
 
 
+async def test_an_unreadable_job_is_passed_over_and_the_wait_goes_on() -> None:
+    """A status time no datetime holds (year 0, stored by the API server): the operator
+    leaves the job alone, so its waiter keeps waiting (a 504 with the token, in time);
+    the index's watch goes on, for this job's next change and for other jobs."""
+    jobs = index()
+    async with jobs.waiter("data", "nightly", "t1") as waiter:
+        waiter.uid = UID
+        unreadable = recorded("t1")
+        unreadable["status"]["startedAt"] = "0000-01-01T00:00:00Z"
+        jobs.observe("MODIFIED", unreadable)
+        assert not waiter.done.done()
+        jobs.observe("MODIFIED", recorded("t1"))
+        assert (await asyncio.wait_for(waiter.done, 1)).metadata.uid == UID
+
+
 async def test_a_refused_token_and_a_deleted_job_end_the_wait() -> None:
     jobs = index()
     async with jobs.waiter("data", "nightly", "t1") as refused:

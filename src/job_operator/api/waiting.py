@@ -125,7 +125,11 @@ class JobIndex:
         self.by_uid[uid] = key
         waiters = self.waiters.get(key)
         if waiters:
-            job = Job.model_validate(raw)
+            try:
+                job = Job.model_validate(raw)
+            except ValueError as error:  # the operator leaves it alone too: waiters time out
+                log.warning("a job waited for cannot be read: %s", error)
+                return
             for waiter in list(waiters):
                 waiter.offer(job)
 
