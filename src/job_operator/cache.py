@@ -7,7 +7,6 @@ takes about 11 KiB of memory, its JSON 2.5 KiB, and reading it back takes ~20 µ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from job_operator import requests
@@ -67,9 +66,6 @@ class JobCache:
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
-
-    def __iter__(self) -> Iterator[JobKey]:
-        return iter(list(self._entries))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -151,6 +147,3 @@ class ClusterCache:
     def jobs(self) -> list[JobKey]:
         """The jobs some cluster names."""
         return list(self._by_job)
-
-    def __len__(self) -> int:
-        return sum(len(clusters) for clusters in self._by_job.values())

@@ -543,11 +543,3 @@ class Kube:
             token = (raw.get("metadata") or {}).get("continue")
             if not token:
                 return found
-
-    async def list_job_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        raw = await retry_transient(
-            lambda: self.core.list_namespaced_event(
-                namespace, field_selector=f"involvedObject.name={name}"
-            )
-        )
-        return [self.api.sanitize_for_serialization(item) for item in raw.items]

@@ -27,11 +27,6 @@ class Request:
     def digest(self) -> str:
         return token_digest(self.token)
 
-    @property
-    def key(self) -> str:
-        """What events about this request are keyed by."""
-        return request_key(self.annotation, self.digest)
-
 
 def request_key(annotation: str, digest: str) -> str:
     return f"{annotation}:{digest}"
