@@ -57,24 +57,11 @@ class Event:
 
 @dataclass(frozen=True)
 class Decision:
-    """What a rule does to a job's status: `before` becomes `status`. The events and the
-    cluster the job lets go of follow from the two (`events`), never made on the side."""
+    """What a rule does to a job's status: `before` becomes `status`. Its events follow
+    from the two (`events(status, before=before)`), never made on the side."""
 
     before: JobStatus
     status: JobStatus
-
-    def changes(self, job: Job) -> bool:
-        return self.status != job.status
-
-    @property
-    def events(self) -> tuple[Event, ...]:
-        return events(self.status, before=self.before)
-
-    @property
-    def delete_executor(self) -> str | None:
-        """The cluster the job has let go of, if any."""
-        left = self.before.executor
-        return left if left is not None and self.status.executor != left else None
 
 
 OutcomeKind = Literal[
@@ -108,15 +95,6 @@ class Plan:
     events: tuple[Event, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
     requeue_after: timedelta | None = None
-
-    @property
-    def empty(self) -> bool:
-        """Nothing to write, create or delete."""
-        return self.status is None and self.create is None and not self.delete
-
-    def outcome(self, kind: OutcomeKind) -> str | None:
-        """The value of the plan's `kind` outcome (e.g. "rescheduled"), if it has one."""
-        return next((o.value for o in self.outcomes if o.kind == kind), None)
 
 
 @dataclass(frozen=True)

@@ -75,10 +75,6 @@ class WorkQueue:
         if key in self._dirty:
             self._push(key, key in self._dirty_urgent)
 
-    def busy(self, key: JobKey) -> bool:
-        """Queued or being worked on."""
-        return key in self._dirty or key in self._processing
-
     def shut_down(self) -> None:
         """Drop the keys waiting for a delay (the process is stopping)."""
         for _, timer in self._later.values():

@@ -1,11 +1,12 @@
-"""Builders of model instances for the unit tests (no API server involved)."""
+"""Builders of model instances for the unit tests (no API server involved), and what a
+core rule's decision implies."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from job_operator import names
+from job_operator import core, names
 from job_operator.models import ExecutorCluster, Job
 
 NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=UTC)
@@ -111,3 +112,14 @@ def annotated(job: Job, annotations: dict[str, str]) -> Job:
         update={"annotations": {**job.metadata.annotations, **annotations}}
     )
     return job.model_copy(update={"metadata": meta})
+
+
+def events_of(decision: core.Decision) -> tuple[core.Event, ...]:
+    """The events a rule's decision makes: those of what it changed."""
+    return core.events(decision.status, before=decision.before)
+
+
+def let_go(decision: core.Decision) -> str | None:
+    """The cluster a rule's decision has the job let go of, if any."""
+    left = decision.before.executor
+    return left if left is not None and decision.status.executor != left else None

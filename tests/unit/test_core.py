@@ -26,6 +26,8 @@ from tests.unit.factories import (
     JOB_UID,
     NOW,
     annotated,
+    events_of,
+    let_go,
     make_executor,
     make_job,
     managed_entry,
@@ -100,7 +102,7 @@ def requesting(job: Job, token: str, *, force: str | None = None) -> Job:
 
 
 def reasons(decision: Decision) -> list[tuple[str, str]]:
-    return [(e.type, e.reason) for e in decision.events]
+    return [(e.type, e.reason) for e in events_of(decision)]
 
 
 def condition(status: JobStatus, type_: str) -> Condition:
@@ -127,9 +129,9 @@ def test_absent_or_empty_annotation_is_no_request(annotations: dict[str, str]) -
     assert requests.pending_request(job, CANCEL) is None
     decision = core.handle_requests(job, NOW)
     assert decision.status == job.status
-    assert decision.events == ()
-    assert decision.delete_executor is None
-    assert not decision.changes(job)
+    assert events_of(decision) == ()
+    assert let_go(decision) is None
+    assert decision.status == job.status
 
 
 @pytest.mark.parametrize(
@@ -164,8 +166,8 @@ def test_same_token_is_handled_once() -> None:
     assert requests.pending_request(handled, RESCHEDULE) is None
     again = core.handle_requests(handled, NOW + timedelta(minutes=1))
     assert again.status == handled.status
-    assert again.events == ()
-    assert again.delete_executor is None
+    assert events_of(again) == ()
+    assert let_go(again) is None
 
 
 def test_new_token_is_handled_again() -> None:
@@ -182,7 +184,7 @@ def test_new_token_is_handled_again() -> None:
         later,
     )
     assert record.previous_executor == NEW_EXECUTOR
-    assert decision.delete_executor == NEW_EXECUTOR
+    assert let_go(decision) == NEW_EXECUTOR
     assert decision.status.state == "pending"
 
 
@@ -193,7 +195,7 @@ def test_reapplying_an_already_handled_token_with_force_added_does_nothing() -> 
     forced_late = requesting(handled, "t-1", force="t-1")
     decision = core.handle_requests(forced_late, NOW)
     assert decision.status == handled.status
-    assert decision.events == ()
+    assert events_of(decision) == ()
 
 
 # --- requested_by from managedFields ----------------------------------------------------
@@ -291,7 +293,7 @@ def test_reschedule_non_terminal_requeues(state: JobState, force: bool) -> None:
     new = decision.status
     assert new.state == "pending"
     assert new.executor is None
-    assert decision.delete_executor == OLD_EXECUTOR
+    assert let_go(decision) == OLD_EXECUTOR
     assert new.attempt == old.attempt  # the next dispatch counts the attempt
     assert new.auto_reschedules == 0  # the manual request resets the automatic budget
     assert new.dispatch_after is None
@@ -340,7 +342,7 @@ def test_reschedule_pending_without_executor_appends_no_history() -> None:
     assert decision.status.reschedule.previous_executor is None
     assert decision.status.history == [FIRST_ATTEMPT]
     assert decision.status.state == "pending"
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
     assert reasons(decision) == [("Normal", "Rescheduled")]
 
 
@@ -383,7 +385,7 @@ def test_reschedule_terminal_unforced_changes_only_the_record(
         names.RESCHEDULED,
         names.RESCHEDULE_REQUEST_VALID,
     }
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
     assert reasons(decision) == [("Normal", "RescheduleSkipped")]
 
 
@@ -413,7 +415,7 @@ def test_reschedule_terminal_forced_moves_result_and_end_into_history(state: Job
             result=old.result,
         ),
     ]
-    assert decision.delete_executor == old.executor
+    assert let_go(decision) == old.executor
     reason = condition(new, names.RESCHEDULED).reason
     assert reason == "Forced"
     assert reasons(decision) == [("Normal", "Rescheduled")]
@@ -479,7 +481,7 @@ def test_over_long_token_is_rejected_without_state_change(state: JobState, force
         == old
     )
     assert new.reschedule is None
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
     [rejected] = new.rejected_requests
     assert rejected.annotation == RESCHEDULE
     assert rejected.token_digest == digest(token)
@@ -490,7 +492,7 @@ def test_over_long_token_is_rejected_without_state_change(state: JobState, force
     assert str(TOKEN_MAX_LENGTH) in valid.message
     assert new.condition(names.RESCHEDULED) is None
     assert reasons(decision) == [("Warning", "InvalidRescheduleRequest")]
-    assert decision.events[0].message == valid.message
+    assert events_of(decision)[0].message == valid.message
 
 
 def test_rejected_token_is_not_retried_and_a_later_valid_token_is_handled() -> None:
@@ -500,7 +502,7 @@ def test_rejected_token_is_not_retried_and_a_later_valid_token_is_handled() -> N
     assert requests.pending_request(rejected, RESCHEDULE) is None
     again = core.handle_requests(rejected, NOW + timedelta(seconds=5))
     assert again.status == rejected.status
-    assert again.events == ()
+    assert events_of(again) == ()
 
     later = NOW + timedelta(seconds=10)
     decision = core.handle_requests(requesting(rejected, "t-2"), later)
@@ -527,7 +529,7 @@ def test_over_long_cancel_token_is_rejected() -> None:
     decision = core.handle_requests(job, NOW)
     assert decision.status.state == "running"
     assert decision.status.cancel is None
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
     [rejected] = decision.status.rejected_requests
     assert (rejected.annotation, rejected.token_digest) == (CANCEL, digest(token))
     valid = condition(decision.status, names.CANCEL_REQUEST_VALID)
@@ -570,7 +572,7 @@ def test_cancel_non_terminal(state: JobState) -> None:
     assert new.cancel == CancelRecord(
         request="c-1", outcome="cancelled", handled_at=NOW, previous_state=state
     )
-    assert decision.delete_executor == OLD_EXECUTOR
+    assert let_go(decision) == OLD_EXECUTOR
     assert reasons(decision) == [("Normal", "Cancelled")]
     assert new.reschedule is None
 
@@ -583,7 +585,7 @@ def test_cancel_pending_without_executor_deletes_nothing() -> None:
     decision = core.handle_requests(job, NOW)
     assert decision.status.state == "cancelled"
     assert decision.status.dispatch_after is None
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
     assert core.dispatch_due(apply(job, decision), NOW) is None
 
 
@@ -596,7 +598,7 @@ def test_cancel_terminal_is_skipped(state: JobState) -> None:
         request="c-1", outcome="skipped_terminal", handled_at=NOW, previous_state=state
     )
     assert decision.status.model_copy(update={"cancel": None}) == old
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
     assert reasons(decision) == [("Normal", "CancelSkipped")]
 
 
@@ -606,7 +608,7 @@ def test_cancel_is_handled_once_per_token() -> None:
     assert requests.pending_request(cancelled, CANCEL) is None
     again = core.handle_requests(cancelled, NOW + timedelta(seconds=1))
     assert again.status == cancelled.status
-    assert again.events == ()
+    assert events_of(again) == ()
     # a new token on the now terminal job is handled, and skipped
     later = core.handle_requests(annotated(cancelled, {CANCEL: "c-2"}), NOW)
     assert later.status.cancel is not None
@@ -628,7 +630,7 @@ def test_cancel_and_unforced_reschedule_together_cancel_first() -> None:
         "skipped_terminal",
         "cancelled",
     )
-    assert decision.delete_executor == OLD_EXECUTOR
+    assert let_go(decision) == OLD_EXECUTOR
     assert reasons(decision) == [("Normal", "Cancelled"), ("Normal", "RescheduleSkipped")]
     # both tokens are now handled
     assert core.handle_requests(apply(job, decision), NOW).status == new
@@ -644,7 +646,7 @@ def test_cancel_and_forced_reschedule_together_end_pending() -> None:
     assert new.reschedule is not None
     assert (new.reschedule.outcome, new.reschedule.previous_state) == ("rescheduled", "cancelled")
     assert new.history[-1].state == "cancelled"
-    assert decision.delete_executor == OLD_EXECUTOR  # the cancel's deletion is kept
+    assert let_go(decision) == OLD_EXECUTOR  # the cancel's deletion is kept
     assert reasons(decision) == [("Normal", "Cancelled"), ("Normal", "Rescheduled")]
 
 
@@ -689,7 +691,7 @@ def test_dispatch_places_the_job() -> None:
     dispatched = condition(new, names.DISPATCHED)
     assert (dispatched.status, dispatched.reason) == ("True", "ExecutorCreated")
     assert NEW_EXECUTOR in dispatched.message
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
     assert core.dispatch_due(apply(job, decision), NOW) is None
 
 
@@ -723,7 +725,7 @@ def test_new_job_dispatches_as_attempt_one() -> None:
 def test_dispatch_not_due_changes_nothing(job: Job) -> None:
     decision = core.dispatch(job, NEW_EXECUTOR, NOW)
     assert decision.status == job.status
-    assert decision.events == ()
+    assert events_of(decision) == ()
 
 
 # --- following the executor -------------------------------------------------------------
@@ -761,7 +763,7 @@ def test_follow_succeeded(state: JobState) -> None:
     assert new.started_at == (job.status.started_at or NOW)
     assert new.executor == OLD_EXECUTOR  # the seed's completed job still names its executor
     assert new.history == job.status.history
-    assert decision.delete_executor is None
+    assert let_go(decision) is None
 
 
 @pytest.mark.parametrize("state", NON_TERMINAL)
@@ -801,7 +803,7 @@ def test_follow_lost_executor_orphans_the_job(phase: str | None, deleting: bool)
 def test_follow_provisioning_changes_nothing() -> None:
     job = job_in("pending")
     assert follow(job, "Provisioning").status == job.status
-    assert follow(job, "Provisioning").events == ()
+    assert events_of(follow(job, "Provisioning")) == ()
 
 
 @pytest.mark.parametrize("phase", [*PHASES, None])
@@ -812,8 +814,8 @@ def test_phase_of_an_executor_the_job_left_changes_nothing(
     job = job_in(state, executor=NEW_EXECUTOR)
     decision = follow(job, phase, name=OLD_EXECUTOR, result=RESULT)
     assert decision.status == job.status
-    assert decision.events == ()
-    assert decision.delete_executor is None
+    assert events_of(decision) == ()
+    assert let_go(decision) is None
 
 
 @pytest.mark.parametrize("phase", [*PHASES, None])
@@ -822,8 +824,8 @@ def test_terminal_job_ignores_its_executor(state: JobState, phase: str | None) -
     job = job_in(state, executor=OLD_EXECUTOR)
     decision = follow(job, phase, result={"other": True})
     assert decision.status == job.status
-    assert decision.events == ()
-    assert decision.delete_executor is None
+    assert events_of(decision) == ()
+    assert let_go(decision) is None
 
 
 def test_phase_of_an_executor_of_another_job_changes_nothing() -> None:
@@ -870,9 +872,9 @@ def test_executor_lost_reschedules_automatically() -> None:
     assert new.reschedule == record  # status.reschedule is left alone
     lost = condition(new, names.RESCHEDULED)
     assert (lost.status, lost.reason) == ("True", "ExecutorLost")
-    assert decision.delete_executor == OLD_EXECUTOR
+    assert let_go(decision) == OLD_EXECUTOR
     assert reasons(decision) == [("Warning", "ExecutorLost")]
-    assert OLD_EXECUTOR in decision.events[0].message
+    assert OLD_EXECUTOR in events_of(decision)[0].message
     assert core.dispatch_due(apply(job, decision), NOW) == timedelta(seconds=1)
 
 
@@ -902,7 +904,7 @@ def test_executor_lost_too_often_fails_the_job(limit: int, used: int) -> None:
     assert new.auto_reschedules == used  # never beyond the budget
     assert new.history[-1].reason == "ExecutorLost"
     assert new.history[-1].executor == OLD_EXECUTOR
-    assert decision.delete_executor == OLD_EXECUTOR
+    assert let_go(decision) == OLD_EXECUTOR
     assert reasons(decision) == [("Warning", "ExecutorLostTooOften")]
     assert core.dispatch_due(apply(job, decision), NOW) is None
 
@@ -949,8 +951,8 @@ def test_manual_reschedule_resets_the_automatic_budget() -> None:
 def test_executor_lost_ignores_jobs_without_a_live_executor(job: Job) -> None:
     decision = core.executor_lost(job, POLICY, NOW, "was deleted")
     assert decision.status == job.status
-    assert decision.delete_executor is None
-    assert decision.events == ()
+    assert let_go(decision) is None
+    assert events_of(decision) == ()
 
 
 # --- Policy.backoff ------------------------------------------------------------------------
@@ -1080,8 +1082,9 @@ def test_initialise_a_new_job() -> None:
     assert decision.status.state == "pending"
     assert decision.status.updated_at == NOW
     assert decision.status.observed_generation == 3
-    assert decision.changes(job)
-    assert not core.initialise(apply(job, decision), NOW).changes(apply(job, decision))
+    assert decision.status != job.status
+    initialised = apply(job, decision)
+    assert core.initialise(initialised, NOW).status == initialised.status
 
 
 def test_initialise_leaves_a_known_job_alone() -> None:

@@ -33,7 +33,7 @@ from job_operator.models import (
     Job,
     JobStatus,
 )
-from tests.unit.factories import NOW, annotated, make_job, with_status
+from tests.unit.factories import NOW, annotated, events_of, let_go, make_job, with_status
 
 RESCHEDULE = names.RESCHEDULE_ANNOTATION
 FORCE = names.RESCHEDULE_FORCE_ANNOTATION
@@ -79,8 +79,8 @@ class JobWorld(RuleBasedStateMachine):
         after = decision.status
         self.check_step(before, after, decision, by_request=by_request)
         self.job = self.job.model_copy(update={"status": after})
-        if decision.delete_executor is not None:
-            self.existing.discard(decision.delete_executor)
+        if (left := let_go(decision)) is not None:
+            self.existing.discard(left)
 
     def check_step(
         self, before: JobStatus, after: JobStatus, decision: Decision, *, by_request: bool
@@ -107,7 +107,7 @@ class JobWorld(RuleBasedStateMachine):
                 assert new_condition.last_transition_time == old_condition.last_transition_time
             elif old_condition is None or old_condition != new_condition:
                 assert new_condition.last_transition_time == self.now
-        assert decision.delete_executor is None or decision.delete_executor == before.executor, (
+        assert let_go(decision) is None or let_go(decision) == before.executor, (
             "deleted an executor the job was not on"
         )
         for annotation, before_record, after_record in (
@@ -159,15 +159,15 @@ class JobWorld(RuleBasedStateMachine):
         decision = core.follow_executor(self.job, executor, name, POLICY, self.now)
         if name != before.executor or before.terminal:
             assert decision.status == before, f"{name} changed a job that left it or ended"
-            assert decision.events == ()
-            assert decision.delete_executor is None
+            assert events_of(decision) == ()
+            assert let_go(decision) is None
         self.apply(decision)
         after = self.job.status
         if name != before.executor or before.terminal:
             return
         phase = None if executor is None else executor.status.phase
         if phase in (None, "Terminated"):  # orphaned
-            assert decision.delete_executor == name
+            assert let_go(decision) == name
             assert after.executor is None
             assert after.history[-1].reason == "ExecutorLost"
             assert after.reschedule == before.reschedule
