@@ -2,8 +2,8 @@
 
 It implements the calls the controller makes (`controller.Api`) with the API server's
 semantics the operator relies on: resourceVersions from one counter, compare-and-swap
-status writes (409), 404s, 409 on a second create or event of one name, paged lists,
-label selectors. `tests/unit/test_api_contract.py` runs the same checks on it and on the
+status writes (409), 404s, 409 on a second create or event of one name, paged lists.
+`tests/integration/test_api_contract.py` runs the same checks on it and on the
 real test API server, so it cannot drift from it. Changes are also kept as watch events
 (`pending`), which a test delivers to a controller when it chooses (late, or not at all).
 """
@@ -207,25 +207,23 @@ class FakeApi:
 
     async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
         self._call("list jobs")
-        for page in self._pages(self.jobs, namespace, ""):
+        for page in self._pages(self.jobs, namespace):
             yield readable(Job, page, lean_job)
 
     async def executor_pages(
-        self, namespace: str | None = None, label_selector: str = ""
+        self, namespace: str | None = None
     ) -> AsyncIterator[list[ExecutorCluster]]:
         self._call("list executorclusters")
-        for page in self._pages(self.clusters, namespace, label_selector):
+        for page in self._pages(self.clusters, namespace):
             yield readable(ExecutorCluster, page)
 
     def _pages(
-        self, objects: dict[ObjectKey, dict[str, Any]], namespace: str | None, selector: str
+        self, objects: dict[ObjectKey, dict[str, Any]], namespace: str | None
     ) -> list[list[dict[str, Any]]]:
-        wanted = dict(part.split("=", 1) for part in selector.split(",") if part)
         listed = [
             copy.deepcopy(body)
             for (ns, _), body in sorted(objects.items())
             if namespace in (None, ns)
-            and all(body["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
         ]
         return [listed[i : i + self.page_size] for i in range(0, len(listed), self.page_size)]
 

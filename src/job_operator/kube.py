@@ -313,10 +313,8 @@ class Kube:
             return False
         return True
 
-    async def list_executors(
-        self, namespace: str | None = None, label_selector: str = ""
-    ) -> list[ExecutorCluster]:
-        return [e async for page in self.executor_pages(namespace, label_selector) for e in page]
+    async def list_executors(self, namespace: str | None = None) -> list[ExecutorCluster]:
+        return [e async for page in self.executor_pages(namespace) for e in page]
 
     async def job_pages(self, namespace: str | None = None) -> AsyncIterator[list[Job]]:
         """All Jobs, a page at a time (so memory stays bounded), `lean_job`."""
@@ -336,9 +334,9 @@ class Kube:
         return jobs, resource_version
 
     async def executor_pages(
-        self, namespace: str | None = None, label_selector: str = ""
+        self, namespace: str | None = None
     ) -> AsyncIterator[list[ExecutorCluster]]:
-        async for page in self._pages(names.EXECUTOR_PLURAL, namespace, label_selector):
+        async for page in self._pages(names.EXECUTOR_PLURAL, namespace):
             yield readable(ExecutorCluster, page["items"])
 
     def _lister(
