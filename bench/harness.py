@@ -350,7 +350,7 @@ class Bench:
         )
         items = listed.get("items") or []
         return sum(
-            1 for e in items if (e.get("source") or {}).get("component") == names.FIELD_MANAGER
+            1 for e in items if (e.get("source") or {}).get("component") == names.EVENT_COMPONENT
         )
 
     # --- jobs ---------------------------------------------------------------------------

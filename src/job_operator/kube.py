@@ -465,7 +465,7 @@ class Kube:
 
     # --- Events ---------------------------------------------------------------------
 
-    async def post_event(self, job: Job, event: Event, component: str = "job-operator") -> bool:
+    async def post_event(self, job: Job, event: Event) -> bool:
         """Record an Event on the Job, once: its name comes from the event's key, so a
         second post of the same event is refused (409) and ignored. Best effort: a
         failed post never fails a decision: False, and the caller tries again later."""
@@ -487,8 +487,8 @@ class Kube:
             "reason": event.reason,
             "message": event.message[:1024],
             "type": event.type,
-            "source": {"component": component},
-            "reportingComponent": component,
+            "source": {"component": names.EVENT_COMPONENT},
+            "reportingComponent": names.EVENT_COMPONENT,
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,

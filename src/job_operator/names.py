@@ -41,6 +41,14 @@ JOB_UID_LABEL: Final = f"{GROUP}/job-uid"
 FIELD_MANAGER: Final = "job-operator"
 CLI_FIELD_MANAGER: Final = "job-operator-cli"
 
+# Who the operator's Events say posted them (`source.component`, `reportingComponent`:
+# the FROM column of `kubectl describe`).
+EVENT_COMPONENT: Final = "job-operator"
+
+# kopf's finalizer: only on.event handlers exist, so kopf never adds it; should a
+# handler ever need one, it carries the operator's group.
+FINALIZER: Final = f"{GROUP}/finalizer"
+
 # The Lease the replicas of the operator elect their leader with (`run --lease-name`).
 LEASE_NAME: Final = "job-operator-leader"
 

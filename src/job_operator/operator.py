@@ -86,7 +86,7 @@ def make_registry() -> kopf.OperatorRegistry:
         # be added, its records stay under the operator's own prefix.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
         settings.persistence.diffbase_storage = NoDiffBase()
-        settings.persistence.finalizer = f"{names.GROUP}/finalizer"
+        settings.persistence.finalizer = names.FINALIZER
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60
