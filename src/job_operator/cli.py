@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import yaml
 from kubernetes_asyncio import config as kube_config
@@ -35,6 +35,8 @@ EXIT_TIMEOUT = 4
 EXIT_DENIED = 5
 EXIT_UNREADABLE = 6
 DEFAULT_TIMEOUT = 60.0
+# The commands that read a Job for their user (and may meet one stored unreadably).
+READS_A_JOB: Final = frozenset({"reschedule", "cancel", "get"})
 
 
 class CliError(Exception):
@@ -378,17 +380,27 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         sys.exit(dispatch_command(args))
-    except (CliError, ApiException) as error:
-        failure = error if isinstance(error, CliError) else denied(error)
-        if failure is None:
-            raise
-        print(f"job-operator: {failure}", file=sys.stderr)
-        sys.exit(failure.code)
-    except ValidationError as error:
-        print(f"job-operator: {unreadable(error)}", file=sys.stderr)
-        sys.exit(EXIT_UNREADABLE)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as error:
+        failed = failure(args.command, error)
+        if failed is None:
+            raise
+        print(f"job-operator: {failed}", file=sys.stderr)
+        sys.exit(failed.code)
+
+
+def failure(command: str, error: Exception) -> CliError | None:
+    """What `command` failing with `error` tells its user in a line, with its exit status;
+    None for a bug, shown with its traceback. A job the models cannot read is the user's
+    data only where a command reads a job for them: in `run`, `api` or `simulate` it is not."""
+    if isinstance(error, CliError):
+        return error
+    if isinstance(error, ApiException):
+        return denied(error)
+    if isinstance(error, ValidationError) and command in READS_A_JOB:
+        return CliError(unreadable(error), EXIT_UNREADABLE)
+    return None
 
 
 def unreadable(error: ValidationError) -> str:

@@ -204,8 +204,9 @@ EXIT_NOTES: Final[Mapping[str, str]] = {
     "EXIT_DENIED": "the API server refused your credentials (401) or the request (403): "
     "reading a job needs `get` (and `watch`, to wait) on it, a request `patch`; for a "
     "selection, any job's request (each is named)",
-    "EXIT_UNREADABLE": "the job is stored in a form the models cannot read (e.g. a status "
-    "time edited to year 0, which the API server accepts): the reason names the field",
+    "EXIT_UNREADABLE": "`get`, `reschedule`, `cancel`: the job is stored in a form the "
+    "models cannot read (e.g. a status time edited to year 0, which the API server "
+    "accepts): the reason names the field",
 }
 OTHER_EXITS: Final = (
     (
