@@ -1,9 +1,12 @@
 """The controller against the in-memory API double: reconcile, conflicts, crashes and
-adoption, the sweep, event repair. Each test runs in milliseconds, without an API server."""
+adoption, the sweep, event repair, start-up. Each test runs in milliseconds, without an
+API server."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
@@ -11,9 +14,11 @@ import pytest
 from job_operator import core, metrics, names
 from job_operator.controller import Controller, OperatorConfig, utcnow
 from job_operator.kube import Conflict
-from job_operator.models import ExecutorCluster
+from job_operator.models import ExecutorCluster, Job
+from job_operator.operator import start
 from job_operator.sweep import list_clusters, list_jobs, sweep
 from tests.double import FakeApi
+from tests.helpers import async_wait_for
 
 RESCHEDULE = names.RESCHEDULE_ANNOTATION
 CANCEL = names.CANCEL_ANNOTATION
@@ -356,3 +361,74 @@ async def test_a_job_that_keeps_changing_is_given_up_for_now() -> None:
     with pytest.raises(Exception, match="kept changing"):
         await controller.reconcile(("default", "nightly"))
     assert len(api.cluster_names()) == 1  # made once, adopted on each new plan
+
+
+def task_names(tasks: set[asyncio.Task[None]]) -> list[str]:
+    """What each task runs: `Controller.work` for a worker, `sweep_forever` for the sweep."""
+    return sorted(getattr(task.get_coro(), "__qualname__", "?") for task in tasks)
+
+
+@asynccontextmanager
+async def cancelled_at_exit(tasks: set[asyncio.Task[None]]) -> AsyncIterator[None]:
+    """The operator's tasks, cancelled (and awaited) at the end of the test."""
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_start_lists_the_clusters_starts_the_workers_then_lists_the_jobs() -> None:
+    api = FakeApi()
+    kept = await running_job(api, controller_on(api), "kept")
+    moved = await running_job(api, controller_on(api), "nightly")
+    api.annotate("nightly", {RESCHEDULE: "t-1"})  # made while the operator was down
+    api.pending.clear()  # a new process: no watch has delivered anything yet
+    api.calls.clear()
+    controller = Controller(api, OperatorConfig(policy=NO_BACKOFF, workers=3))
+    tasks: set[asyncio.Task[None]] = set()
+    workers_at_the_job_list: list[list[str]] = []
+    job_pages = api.job_pages
+
+    def watched_job_pages(namespace: str | None = None) -> AsyncIterator[list[Job]]:
+        workers_at_the_job_list.append(task_names(tasks))
+        return job_pages(namespace)
+
+    api.job_pages = watched_job_pages  # type: ignore[method-assign]
+    async with cancelled_at_exit(tasks):
+        await start(controller, tasks)
+        assert api.calls[0] == "list executorclusters"  # before any reconcile
+        assert workers_at_the_job_list == [["Controller.work"] * 3]
+        assert task_names(tasks) == ["Controller.work"] * 3 + ["sweep_forever"]
+
+        async def handled() -> bool:
+            record = api.job("nightly").status.reschedule
+            return record is not None and record.request == "t-1"
+
+        await async_wait_for(handled, timeout=10, interval=0.01, description="t-1 handled")
+    rescheduled = api.job("nightly").status
+    assert rescheduled.executor not in (None, moved) and rescheduled.attempt == 2
+    # Its cluster was listed before its job was reconciled: not taken for a lost one.
+    untouched = api.job("kept").status
+    assert (untouched.state, untouched.executor, untouched.attempt) == ("running", kept, 1)
+
+
+async def test_start_goes_on_with_its_workers_when_the_job_list_fails() -> None:
+    api = FakeApi()
+    api.failing["list jobs"] = OSError("connection reset by peer")
+    controller = Controller(api, OperatorConfig(policy=NO_BACKOFF, workers=2))
+    tasks: set[asyncio.Task[None]] = set()
+    repair_errors = metrics.ERRORS.labels("repair")
+    before = repair_errors._value.get()
+    async with cancelled_at_exit(tasks):
+        await start(controller, tasks)
+        assert repair_errors._value.get() == before + 1
+        assert task_names(tasks) == ["Controller.work"] * 2 + ["sweep_forever"]
+        api.create_job("nightly")  # the watch brings the jobs all the same
+        api.deliver(controller)
+
+        async def dispatched() -> bool:
+            return api.job("nightly").status.executor is not None
+
+        await async_wait_for(dispatched, timeout=10, interval=0.01, description="a dispatch")
