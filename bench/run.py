@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,12 +225,18 @@ def server_pids(data_dir: Path | None) -> dict[str, int]:
         return {}
 
 
+Measure = Callable[[Cluster, Plan, Path], Awaitable[dict[str, Any]]]
+
+
 async def run_with_cluster(
-    args: argparse.Namespace, plan: Plan, workdir: Path
+    args: argparse.Namespace, plan: Plan, workdir: Path, measure: Measure | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """`measure` (by default every measurement, `run_all`) against `--kubeconfig`'s
+    cluster, or a control plane started for it; its results, and the servers' versions."""
+    measure = measure or run_all
     if args.kubeconfig:
         cluster = Cluster(Path(args.kubeconfig), args.kubectl)
-        return await run_all(cluster, plan, workdir), {}
+        return await measure(cluster, plan, workdir), {}
     from testenv.build import ensure_built
     from testenv.controlplane import ControlPlane
 
@@ -251,7 +257,7 @@ async def run_with_cluster(
             "kubernetes (apiextensions-apiserver)": await _server_version(cluster),
             "etcd": report.etcd_version(getattr(toolchain, "etcd", None)),
         }
-        return await run_all(cluster, plan, workdir), extra
+        return await measure(cluster, plan, workdir), extra
     finally:
         await asyncio.to_thread(control_plane.stop)
 

@@ -236,7 +236,7 @@ METRIC_LABEL_VALUES: Final[Mapping[tuple[str, str], str]] = {
     ("job_operator_api_request_duration_seconds", "route"): "as for the requests counter",
     ("job_operator_errors", "stage"): "`reconcile`; `sweep` (a periodic check that failed); "
     "`repair` (the start-up list of jobs, which also posts events a crash kept from being "
-    "posted); `parse` "
+    "posted; not retried: the watch brings the jobs all the same); `parse` "
     "(objects the operator cannot read); `event` (an Event not posted, posted again later); "
     "`lease` (a failed leader-election request); `kopf` (what kopf logs as an error: its "
     "watches' and API requests' failures, which it retries, e.g. a `403`)",

@@ -18,7 +18,8 @@ import pytest
 from bench import report
 from bench.client import Api, ApiError
 from bench.harness import Cluster, Plan, executors_path
-from bench.run import run_all, server_pids
+from bench.run import extract_revision, run_all, server_pids
+from bench.startup import compare, render
 from bench.tracker import jobs_path
 from tests.helpers import Kube
 from tests.integration.conftest import Installed
@@ -187,3 +188,25 @@ async def test_the_benchmark_runs_end_to_end(
         assert heading in text
     assert ("## The HTTP API" in text) is (kube.control_plane is not None)
     assert {t["target"].split()[0] for t in results["targets"]} >= {"storm", "peak", "start-up"}
+
+
+async def test_the_start_up_comparison_runs(
+    cluster: Cluster, namespace: str, idle_namespace: str, cleanup: None, tmp_path: Path
+) -> None:
+    """`python -m bench.startup` in miniature: this commit's operator, two rounds."""
+    plan = Plan(storm_sizes=[JOBS], namespace=namespace, idle_namespace=idle_namespace)
+    tree, commit = extract_revision("HEAD", tmp_path)
+    results = await compare(cluster, plan, tmp_path, {commit: tree}, rounds=2, size=JOBS)
+    runs = results["runs"]
+    assert [(run["round"], run["revision"]) for run in runs] == [(1, commit), (2, commit)]
+    for run in runs:
+        assert run["population"] == JOBS
+        assert 0 < run["first_handled_seconds"] <= run["all_handled_seconds"]
+    results["meta"] = {
+        "date": "today",
+        "machine": report.machine(),
+        "load_average_at_start": 0.0,
+        "argv": f"--revs {commit}",
+    }
+    text = render(results)
+    assert "Medians:" in text and text.count(f"| {commit} |") == 3  # two runs, one median
