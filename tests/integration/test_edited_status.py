@@ -81,8 +81,9 @@ def test_an_edited_time_is_read_or_counted_never_a_crash(
         f"time: '{YEAR_ZERO}'"
     ]
 
-    # A fresh operator lists the namespace at start-up (event repair, the sweep): it
-    # starts, counts the job it cannot read and handles the rest.
+    # A fresh operator lists the namespace's jobs at start-up (the list that also posts
+    # the events a crash kept back): it starts, counts the job it cannot read and
+    # handles the rest.
     operator.stop()
     restarted = make_operator()
     restarted.start_and_wait()
