@@ -4,7 +4,8 @@ Typed helpers over the few calls the project makes. Status writes of Jobs are
 compare-and-swap: the patch carries the resourceVersion the decision was made
 on, so the API server refuses it (409) if the job changed in between.
 `Kube.list_then_watch` is the one list-then-watch loop (as an informer's) that the
-bulk CLI, the simulator and the HTTP API follow custom objects with.
+bulk CLI, the simulator and the HTTP API follow custom objects with; the CLI's wait for
+one job (`cli.wait_handled`) watches only that job, by name, until its deadline.
 """
 
 from __future__ import annotations
