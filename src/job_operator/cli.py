@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from job_operator import core, names, views
 from job_operator.cli_support import lease_namespace
 from job_operator.kube import Kube, NotFound
-from job_operator.models import Job
+from job_operator.models import Job, unreadable
 
 EXIT_NOT_FOUND = 1
 EXIT_REFUSED = 3
@@ -401,14 +401,6 @@ def failure(command: str, error: Exception) -> CliError | None:
     if isinstance(error, ValidationError) and command in READS_A_JOB:
         return CliError(unreadable(error), EXIT_UNREADABLE)
     return None
-
-
-def unreadable(error: ValidationError) -> str:
-    """A stored object the models refuse (a status time edited to year 0, say), in a line."""
-    fields = "; ".join(
-        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
-    )
-    return f"cannot read the {error.title}: {fields}"
 
 
 def dispatch_command(args: argparse.Namespace) -> int:

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from job_operator import core, metrics, names
 from job_operator.cache import ClusterCache, JobCache, key_of, owner_of
 from job_operator.kube import Conflict, NotFound
-from job_operator.models import ExecutorCluster, Job, JobStatus, parse_time
+from job_operator.models import ExecutorCluster, Job, JobStatus, parse_time, unreadable
 from job_operator.workqueue import JobKey, WorkQueue
 
 log = logging.getLogger("job_operator")
@@ -69,6 +71,12 @@ class Api(Protocol):
 
 class KeptChanging(Exception):
     """A job changed under every one of CAS_ATTEMPTS writes; it is tried again later."""
+
+
+class Unreadable(Exception):
+    """The job as stored holds what the models refuse (a status time in year 0, which the
+    API server accepts). It is left alone, as the watch and the lists leave it: not gone
+    (its clusters stay), not retried; the user's fix is a new version the watch brings."""
 
 
 class Controller:
@@ -134,41 +142,55 @@ class Controller:
 
         The job comes from the cache: each write is a compare-and-swap, so a stale copy
         costs a 409 and a read, never a wrong write. Deletions planned without a write
-        (clusters the job has left) are made only on a job read just before.
+        (clusters the job has left) are made only on a job read just before. A job read
+        unreadable is left alone (`Unreadable`).
         """
         job = self.jobs.get(key)
         read = job is None
-        if job is None:
-            job = await self.read(key)
-        for _ in range(CAS_ATTEMPTS):
+        try:
             if job is None:
-                await self.delete_clusters_of_gone_job(key)
+                job = await self.read(key)
+            for _ in range(CAS_ATTEMPTS):
+                if job is None:
+                    await self.delete_clusters_of_gone_job(key)
+                    return
+                plan = core.plan(job, self.clusters.of(key), utcnow(), self.config.policy)
+                if plan.delete and plan.status is None and not read:
+                    job, read = await self.read(key), True
+                    continue
+                try:
+                    await self.carry_out(job, plan)
+                except Conflict:
+                    metrics.CONFLICTS.inc()
+                    job, read = await self.read(key), True
+                    continue
+                except NotFound:
+                    job = None
+                    continue
+                if plan.requeue_after is not None:
+                    self.queue.add_after(key, plan.requeue_after.total_seconds())
                 return
-            plan = core.plan(job, self.clusters.of(key), utcnow(), self.config.policy)
-            if plan.delete and plan.status is None and not read:
-                job, read = await self.read(key), True
-                continue
-            try:
-                await self.carry_out(job, plan)
-            except Conflict:
-                metrics.CONFLICTS.inc()
-                job, read = await self.read(key), True
-                continue
-            except NotFound:
-                job = None
-                continue
-            if plan.requeue_after is not None:
-                self.queue.add_after(key, plan.requeue_after.total_seconds())
-            return
+        except Unreadable:
+            return  # counted and logged by `read`
         raise KeptChanging(f"job {key[0]}/{key[1]} kept changing; will retry")
 
     async def read(self, key: JobKey) -> Job | None:
-        """The job as the API server has it now (None if it is gone)."""
+        """The job as the API server has it now (None if it is gone).
+
+        One the models refuse raises Unreadable, counted as a parse error as the watch
+        and the lists count it; the cache forgets the version it kept, which is not the
+        job any more (a sweep reads it again, a fixed version comes in as new).
+        """
         try:
             job = await self.api.get_job(*key)
         except NotFound:
             self.jobs.forget(key)
             return None
+        except ValidationError as error:
+            self.jobs.forget(key)
+            metrics.ERRORS.labels("parse").inc()
+            log.warning("leaving job %s/%s alone: %s", key[0], key[1], unreadable(error))
+            raise Unreadable(*key) from error
         self.jobs.remember(job)
         return job
 

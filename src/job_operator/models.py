@@ -10,7 +10,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 
 JobState = Literal["pending", "running", "completed", "cancelled", "failed"]
@@ -34,6 +42,14 @@ def rfc3339(moment: datetime) -> str:
 def kube_time(moment: datetime) -> str:
     """A time as Kubernetes writes metav1.Time (metadata's, events'): to the second, `Z`."""
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def unreadable(error: ValidationError) -> str:
+    """A stored object the models refuse (a status time edited to year 0, say), in a line."""
+    fields = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
+    )
+    return f"cannot read the {error.title}: {fields}"
 
 
 def parse_time(value: object) -> datetime:

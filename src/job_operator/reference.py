@@ -237,7 +237,10 @@ METRIC_LABEL_VALUES: Final[Mapping[tuple[str, str], str]] = {
     ("job_operator_errors", "stage"): "`reconcile`; `sweep` (a periodic check that failed); "
     "`repair` (the start-up list of jobs, which also posts events a crash kept from being "
     "posted; not retried: the watch brings the jobs all the same); `parse` "
-    "(objects the operator cannot read); `event` (an Event not posted, posted again later); "
+    "(an object the operator cannot read, e.g. a status time edited to year 0: counted each "
+    "time it is read, by a watch, a list or a reconcile's read, and left alone, not retried; "
+    "a job whose clusters remain is read at each sweep until a fixed version comes); "
+    "`event` (an Event not posted, posted again later); "
     "`lease` (a failed leader-election request); `kopf` (what kopf logs as an error: its "
     "watches' and API requests' failures, which it retries, e.g. a `403`)",
 }

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from job_operator import core, executors, names
 from job_operator.cache import is_newer
 from job_operator.controller import Api
-from job_operator.kube import Conflict, Kube, NotFound
+from job_operator.kube import AS_MERGE_PATCH, Conflict, Kube, NotFound
 from job_operator.models import Job
 from tests.double import FakeApi
 from tests.helpers import Kube as Cluster
@@ -46,6 +47,22 @@ class Side:
             names.GROUP, names.VERSION, self.namespace, names.JOB_PLURAL, body
         )
         return Job.model_validate(raw)
+
+    async def edit_status(self, name: str, status: dict[str, Any]) -> None:
+        """What a user's `kubectl patch --subresource=status --type=merge` does."""
+        if self.double is not None:
+            self.double.edit_status(name, status, self.namespace)
+            return
+        assert self.kube is not None
+        await self.kube.custom.patch_namespaced_custom_object_status(
+            names.GROUP,
+            names.VERSION,
+            self.namespace,
+            names.JOB_PLURAL,
+            name,
+            {"status": status},
+            **AS_MERGE_PATCH,
+        )
 
     def manifest(self, job: Job, name: str) -> dict[str, Any]:
         return executors.executor_manifest(job, name)
@@ -134,3 +151,17 @@ async def test_lists_have_every_object_without_managed_fields(side: Side) -> Non
     jobs = [j async for page in side.api.job_pages(side.namespace) for j in page]
     assert sorted(j.metadata.name for j in jobs) == ["listed-0", "listed-1", "listed-2"]
     assert all(j.metadata.managed_fields == [] for j in jobs)
+
+
+async def test_a_job_with_a_time_no_datetime_holds_is_refused_by_a_read_and_a_list(
+    side: Side,
+) -> None:
+    await side.create_job("year-zero")
+    await side.create_job("readable")
+    await side.edit_status("year-zero", {"startedAt": "0000-01-01T00:00:00Z"})  # stored
+    with pytest.raises(ValidationError, match="startedAt"):
+        await side.api.get_job(side.namespace, "year-zero")
+    jobs = [j async for page in side.api.job_pages(side.namespace) for j in page]
+    assert [j.metadata.name for j in jobs] == ["readable"]
+    await side.edit_status("year-zero", {"startedAt": None})
+    assert (await side.api.get_job(side.namespace, "year-zero")).status.started_at is None

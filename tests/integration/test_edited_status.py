@@ -3,8 +3,8 @@
 The API server stores any RFC 3339 time there, year 0 included. One the operator can hold
 (an offset, to the second) is read and rewritten in its own form; one it cannot (year 0)
 makes the job unreadable: counted in errors_total{stage="parse"} and left alone, by the
-watch and by the start-up lists, never a crash; once the time is fixed, the request
-written meanwhile is handled.
+watch, the start-up lists and the sweep's reads, never a crash nor a retried reconcile
+error, its cluster kept; once the time is fixed, the request written meanwhile is handled.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from job_operator import cli, names
 from job_operator.models import parse_time
 from tests.helpers import wait_for
-from tests.integration.conftest import Jobs, Operator, job_operator_env
+from tests.integration.conftest import SWEEP_INTERVAL, Jobs, Operator, job_operator_env
 
 ERRORS = "job_operator_errors_total"
 YEAR_ZERO = "0000-01-01T00:00:00Z"
@@ -90,6 +90,18 @@ def test_an_edited_time_is_read_or_counted_never_a_crash(
     wait_parse_errors(restarted, 1)
     jobs.annotate("offset", {names.RESCHEDULE_ANNOTATION: "r2"})
     jobs.wait("offset", handled("r2"), "a request after the restart handled")
+    # Its cluster names a job the restarted operator does not hold: each sweep reads it,
+    # counts it and leaves it alone (its cluster kept), never a reconcile error retried.
+    left_alone = f"leaving job {jobs.namespace}/year-zero alone"
+    wait_for(
+        lambda: restarted.log().count(left_alone) >= 2,
+        timeout=10 * SWEEP_INTERVAL,
+        interval=0.2,
+        description="two sweeps reading the unreadable job",
+    )
+    assert restarted.scrape().value(ERRORS, stage="reconcile") == 0
+    executor = jobs.status("year-zero")["executor"]
+    assert executor in jobs.executor_names()
 
     # Fixed by the user: the request written meanwhile is handled, nothing lost.
     patch_status(jobs, "year-zero", {"startedAt": None})

@@ -23,6 +23,7 @@ from tests.helpers import async_wait_for
 RESCHEDULE = names.RESCHEDULE_ANNOTATION
 CANCEL = names.CANCEL_ANNOTATION
 NO_BACKOFF = core.Policy(backoff_base=timedelta(0))
+YEAR_ZERO = "0000-01-01T00:00:00Z"  # stored by the API server; no datetime holds it
 
 
 def controller_on(api: FakeApi, policy: core.Policy = NO_BACKOFF) -> Controller:
@@ -432,3 +433,51 @@ async def test_start_goes_on_with_its_workers_when_the_job_list_fails() -> None:
             return api.job("nightly").status.executor is not None
 
         await async_wait_for(dispatched, timeout=10, interval=0.01, description="a dispatch")
+
+
+def errors(stage: str) -> float:
+    value: float = metrics.ERRORS.labels(stage)._value.get()
+    return value
+
+
+async def work_until_idle(api: FakeApi, controller: Controller, key: tuple[str, str]) -> None:
+    """Deliver the watch events and let a worker (`Controller.work`: its error count and
+    retry included) take `key` until it is neither queued nor being worked on."""
+    api.deliver(controller)
+
+    async def idle() -> bool:  # neither queued nor being worked on
+        return not len(controller.queue) and key not in controller.queue._processing
+
+    worker = {asyncio.create_task(controller.work())}
+    async with cancelled_at_exit(worker):
+        await async_wait_for(idle, timeout=5, interval=0.01, description=f"{key} worked off")
+
+
+async def test_a_job_it_cannot_read_is_left_alone_not_retried_until_fixed() -> None:
+    api = FakeApi()
+    executor = await running_job(api, controller_on(api))
+    key = ("default", "nightly")
+    # While the operator is down, a user edits a status time to year 0.
+    api.edit_status("nightly", {"startedAt": YEAR_ZERO})
+    api.pending.clear()
+    reconcile_errors, parse_errors = errors("reconcile"), errors("parse")
+    restarted = controller_on(api)
+    await list_clusters(restarted)
+    await list_jobs(restarted)
+    assert key not in restarted.jobs and errors("parse") == parse_errors + 1
+    await sweep(restarted)  # a cluster names a job the cache lacks: queued, read
+    assert len(restarted.queue) == 1
+    await work_until_idle(api, restarted, key)
+    assert api.cluster_names() == [executor]  # not taken for gone
+    api.set_phase(executor, "Succeeded")  # a cluster event queues it, read again
+    await work_until_idle(api, restarted, key)
+    assert errors("reconcile") == reconcile_errors
+    assert errors("parse") == parse_errors + 3  # once a read: the list, the sweep, the event
+    assert api.cluster_names() == [executor]
+    assert not restarted.queue._later  # no retry waits
+    assert api.jobs[key]["status"]["state"] == "running"
+    # Fixed by the user: the watch brings the new version, reconciled as any other.
+    api.edit_status("nightly", {"startedAt": None})
+    await run_until_quiet(api, restarted)
+    assert api.job("nightly").status.state == "completed"
+    assert errors("reconcile") == reconcile_errors
