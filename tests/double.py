@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from job_operator import core, names
 from job_operator.controller import Controller
-from job_operator.kube import Conflict, NotFound, lean, lean_job, readable
+from job_operator.kube import Conflict, NotFound, lean_job, readable
 from job_operator.models import ExecutorCluster, Job, JobStatus, kube_time
 
 Kind = Literal["job", "cluster"]
@@ -143,18 +143,9 @@ class FakeApi:
             if keep is not None and not keep(event):
                 continue
             if event.kind == "job":
-                if event.type == "DELETED":
-                    meta = event.body["metadata"]
-                    to.job_deleted((meta["namespace"], meta["name"]))
-                else:  # one the models refuse is counted and passed over, as kopf's handler
-                    for job in readable(Job, [event.body], lean_job):
-                        to.job_seen(job)
+                to.job_event(event.type, event.body)
             else:
-                cluster = ExecutorCluster.model_validate(lean(event.body))
-                if event.type == "DELETED":
-                    to.cluster_deleted(cluster)
-                else:
-                    to.cluster_seen(cluster)
+                to.cluster_event(event.type, event.body)
 
     # --- controller.Api ------------------------------------------------------------
 

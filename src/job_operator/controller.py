@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from job_operator import core, metrics, names
 from job_operator.cache import ClusterCache, JobCache, key_of, owner_of
-from job_operator.kube import Conflict, NotFound
+from job_operator.kube import Conflict, NotFound, lean, parsed
 from job_operator.models import ExecutorCluster, Job, JobStatus, parse_time, unreadable
 from job_operator.workqueue import JobKey, WorkQueue
 
@@ -93,6 +93,33 @@ class Controller:
 
     # --- what the watches report ------------------------------------------------------
 
+    def job_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        """A watch event of a Job (`kind`: ADDED, MODIFIED, DELETED; None from kopf's
+        first list): only the cache and the queue change."""
+        metadata = body.get("metadata") or {}
+        key = (metadata.get("namespace") or "", metadata.get("name") or "")
+        if kind == "DELETED":
+            self.job_deleted(key)
+            return
+        if not self.jobs.is_new(key, str(metadata.get("resourceVersion") or "")):
+            return  # our own write (or older): the cache has it already; not parsed
+        job = parsed(Job, body)
+        if job is None:
+            self.jobs.forget(key)  # the version kept is not the job any more
+            return
+        self.job_seen(job)
+
+    def cluster_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        """A watch event of an ExecutorCluster, kept without managedFields (most of its
+        bytes)."""
+        cluster = parsed(ExecutorCluster, lean(body))
+        if cluster is None:
+            return
+        if kind == "DELETED":
+            self.cluster_deleted(cluster)
+        else:
+            self.cluster_seen(cluster)
+
     def job_seen(self, job: Job) -> None:
         if self.jobs.remember(job):
             self.queue.add(key_of(job))
@@ -152,7 +179,7 @@ class Controller:
                 job = await self.read(key)
             for _ in range(CAS_ATTEMPTS):
                 if job is None:
-                    await self.delete_clusters_of_gone_job(key)
+                    await self.carry_out_gone(key, core.plan_gone(self.clusters.of(key)))
                     return
                 plan = core.plan(job, self.clusters.of(key), utcnow(), self.config.policy)
                 if plan.delete and plan.status is None and not read:
@@ -209,25 +236,29 @@ class Controller:
             for event in plan.events:
                 if not await self.api.post_event(job, event):
                     self.unposted.append((job, event))
-        for name in plan.delete:
-            await self.api.delete_executor(key[0], name)
-            self.clusters.forget(key, name, time.monotonic())
+        await self.delete(key, plan.delete)
         record(job, plan)
 
-    async def delete_clusters_of_gone_job(self, key: JobKey) -> None:
-        for cluster in self.clusters.of(key):
-            log.info("deleting %s/%s: its job is gone", key[0], cluster.metadata.name)
-            if await self.api.delete_executor(key[0], cluster.metadata.name):
-                metrics.DANGLING_DELETED.inc()
-            self.clusters.forget(key, cluster.metadata.name, time.monotonic())
+    async def carry_out_gone(self, key: JobKey, plan: core.Plan) -> None:
+        """Delete the clusters of a job that is gone (`core.plan_gone`)."""
+        for name in plan.delete:
+            log.info("deleting %s/%s: its job is gone", key[0], name)
+        await self.delete(key, plan.delete)
+        record(None, plan)
+
+    async def delete(self, key: JobKey, cluster_names: tuple[str, ...]) -> None:
+        """Delete clusters of the job `key`; the cache forgets them (a late event too)."""
+        for name in cluster_names:
+            await self.api.delete_executor(key[0], name)
+            self.clusters.forget(key, name, time.monotonic())
 
 
-def record(job: Job, plan: core.Plan) -> None:
-    """Count what a written plan did, for the metrics."""
+def record(job: Job | None, plan: core.Plan) -> None:
+    """Count what a carried-out plan did, for the metrics (`job`: as written, if any)."""
     for outcome in plan.outcomes:
         if outcome.kind == "reschedule":
             metrics.RESCHEDULE_REQUESTS.labels(outcome.value).inc()
-            if job.status.reschedule is not None:
+            if job is not None and job.status.reschedule is not None:
                 observe_latency(job, job.status.reschedule.handled_at)
         elif outcome.kind == "cancel":
             metrics.CANCEL_REQUESTS.labels(outcome.value).inc()

@@ -682,6 +682,13 @@ def plan(
     )
 
 
+def plan_gone(clusters: Sequence[ExecutorCluster]) -> Plan:
+    """The reconcile of a job that is gone (deleted, or never seen): every cluster that
+    names it and is not already being deleted is deleted, each a dangling one."""
+    delete = tuple(c.metadata.name for c in clusters if not c.metadata.deletion_timestamp)
+    return Plan(delete=delete, outcomes=tuple(Outcome("dangling_deleted") for _ in delete))
+
+
 def _outcomes(before: JobStatus, after: JobStatus) -> list[Outcome]:
     """What a status change did, as the metrics count it."""
     found: list[Outcome] = []

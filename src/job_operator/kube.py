@@ -26,10 +26,11 @@ from typing import Any, Final, NoReturn, TypeVar
 import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from job_operator import metrics, names
 from job_operator.core import Event, event_name
-from job_operator.models import ExecutorCluster, Job, JobStatus, kube_time
+from job_operator.models import ExecutorCluster, Job, JobStatus, kube_time, unreadable
 from job_operator.requests import request_ownership
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,22 @@ def readable(
     read (a time the API server stores but no datetime holds, year 0) is left out and
     counted in errors_total{stage="parse"}, as the watch handlers leave it: a list never
     fails on it."""
-    read: list[Listed] = []
-    for item in items:
-        try:
-            read.append(model.model_validate(shape(item)))
-        except ValueError as error:
-            metrics.ERRORS.labels("parse").inc()
-            log.warning("ignoring a %s the operator cannot read: %s", model.__name__, error)
-    return read
+    read = (parsed(model, shape(item)) for item in items)
+    return [found for found in read if found is not None]
+
+
+def parsed(model: type[Listed], raw: dict[str, Any]) -> Listed | None:
+    """`raw` as `model`; None if the models refuse it (a time the API server stores but no
+    datetime holds, year 0), counted in errors_total{stage="parse"} and logged in a line:
+    the reader leaves that object alone."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        metrics.ERRORS.labels("parse").inc()
+        metadata = raw.get("metadata") or {}
+        where = f"{metadata.get('namespace') or ''}/{metadata.get('name') or '?'}"
+        log.warning("ignoring %s: %s", where.lstrip("/"), unreadable(error))
+        return None
 
 
 class Conflict(Exception):

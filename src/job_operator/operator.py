@@ -1,7 +1,9 @@
 """The kopf wiring: watches that feed the controller's caches and queue, and its tasks.
 
-kopf only watches here. Its handlers parse an event, update the controller's caches and
-queue the job's key (`controller.Controller`); the controller's workers reconcile. Only
+kopf only watches here. Its handlers hand each event to the controller
+(`Controller.job_event`, `cluster_event`), which updates its caches and queues the job's
+key; the controller's workers reconcile. The in-memory API double of the unit tests
+delivers its events through the same two methods. Only
 `on.event` handlers are used, so kopf itself writes nothing to the objects: every API
 write the operator makes is the controller's, and all of them are idempotent.
 """
@@ -17,8 +19,7 @@ import kopf
 
 from job_operator import metrics, names
 from job_operator.controller import Controller, OperatorConfig
-from job_operator.kube import PAGE_SIZE, Kube, lean
-from job_operator.models import ExecutorCluster, Job
+from job_operator.kube import PAGE_SIZE, Kube
 from job_operator.sweep import list_clusters, list_jobs, sweep_forever
 
 log = logging.getLogger("job_operator")
@@ -107,36 +108,11 @@ def make_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.event(names.GROUP, names.VERSION, names.JOB_PLURAL, registry=registry)
     async def job_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-        controller: Controller = memo["controller"]
-        body = event.get("object") or {}
-        metadata = body.get("metadata") or {}
-        if event.get("type") == "DELETED":
-            controller.job_deleted((metadata.get("namespace") or "", metadata.get("name") or ""))
-            return
-        key = (metadata.get("namespace") or "", metadata.get("name") or "")
-        if not controller.jobs.is_new(key, str(metadata.get("resourceVersion") or "")):
-            return  # our own write (or older): the cache has it already; not parsed
-        try:
-            job = Job.model_validate(body)
-        except ValueError as error:
-            metrics.ERRORS.labels("parse").inc()
-            log.warning("ignoring a Job the operator cannot read: %s", error)
-            return
-        controller.job_seen(job)
+        memo["controller"].job_event(event.get("type"), dict(event.get("object") or {}))
 
     @kopf.on.event(names.GROUP, names.VERSION, names.EXECUTOR_PLURAL, registry=registry)
     async def executor_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-        controller: Controller = memo["controller"]
-        try:  # kept without managedFields, most of its bytes
-            cluster = ExecutorCluster.model_validate(lean(dict(event.get("object") or {})))
-        except ValueError as error:
-            metrics.ERRORS.labels("parse").inc()
-            log.warning("ignoring an ExecutorCluster the operator cannot read: %s", error)
-            return
-        if event.get("type") == "DELETED":
-            controller.cluster_deleted(cluster)
-        else:
-            controller.cluster_seen(cluster)
+        memo["controller"].cluster_event(event.get("type"), dict(event.get("object") or {}))
 
     return registry
 

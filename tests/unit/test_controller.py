@@ -256,8 +256,10 @@ async def test_a_deleted_jobs_clusters_are_deleted() -> None:
     controller = controller_on(api)
     await running_job(api, controller)
     api.delete_job("nightly")
+    dangling = metrics.DANGLING_DELETED._value.get()
     await run_until_quiet(api, controller)
     assert api.cluster_names() == []
+    assert metrics.DANGLING_DELETED._value.get() == dangling + 1
 
 
 async def test_a_cluster_event_for_a_job_not_seen_yet_deletes_nothing() -> None:
@@ -481,3 +483,20 @@ async def test_a_job_it_cannot_read_is_left_alone_not_retried_until_fixed() -> N
     await run_until_quiet(api, restarted)
     assert api.job("nightly").status.state == "completed"
     assert errors("reconcile") == reconcile_errors
+
+
+async def test_a_version_it_cannot_read_replaces_the_kept_one_and_changes_nothing() -> None:
+    api = FakeApi()
+    controller = controller_on(api)
+    executor = await running_job(api, controller)
+    key = ("default", "nightly")
+    parse_errors = errors("parse")
+    api.edit_status("nightly", {"startedAt": YEAR_ZERO})  # while the operator watches
+    api.deliver(controller)
+    assert key not in controller.jobs and errors("parse") == parse_errors + 1
+    api.remove_cluster(executor)  # a loss now would reschedule the job from a kept copy
+    before = len(api.calls)
+    await run_until_quiet(api, controller)
+    assert api.jobs[key]["status"]["state"] == "running"
+    assert api.jobs[key]["status"]["executor"] == executor
+    assert api.calls[before:] == ["get jobs"]  # read, found unreadable: no write tried

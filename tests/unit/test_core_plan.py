@@ -200,6 +200,13 @@ def test_a_cluster_the_job_has_left_never_changes_it_and_is_deleted(phase: str |
     assert made.events == ()
 
 
+def test_a_gone_jobs_clusters_are_all_deleted_but_those_being_deleted() -> None:
+    deleting = cluster(OLD, attempt=1, deletion_timestamp=NOW)
+    made = core.plan_gone([cluster(), deleting])
+    assert made == Plan(delete=(CURRENT,), outcomes=(Outcome("dangling_deleted"),))
+    assert writes_nothing(core.plan_gone([deleting])) and writes_nothing(core.plan_gone([]))
+
+
 def test_the_cluster_of_a_finished_job_is_kept() -> None:
     assert writes_nothing(plan(job_on("completed"), cluster(phase="Succeeded")))
 
