@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from job_operator import names
-from job_operator.models import ExecutorSpec, ExecutorStatus, JobSpec, JobStatus
+from job_operator.models import TIME_SCHEMA, ExecutorSpec, ExecutorStatus, JobSpec, JobStatus
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
@@ -31,7 +31,7 @@ def _type_schema(annotation: Any) -> dict[str, Any]:
     if origin is Annotated:  # models.Timestamp inside `| None`
         return _type_schema(args[0])
     if annotation is datetime:  # models.Timestamp: stored as an RFC 3339 string
-        return {"type": "string", "format": "date-time"}
+        return dict(TIME_SCHEMA.json_schema or {})
     if origin in (typing.Union, types.UnionType):
         present = [a for a in args if a is not type(None)]
         if sorted(present, key=str) == sorted([int, str], key=str):
