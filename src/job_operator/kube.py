@@ -124,11 +124,10 @@ async def retry_transient(call: Callable[[], Awaitable[T]], patience: float = 60
     while True:
         try:
             return await call()
-        except ApiException as error:
+        except Exception as error:
             if not transient(error) or loop.time() > give_up:
-                raise _translate(error) from error
-        except (TimeoutError, OSError, aiohttp.ClientError) as error:
-            if loop.time() > give_up:
+                if isinstance(error, ApiException):
+                    raise _translate(error) from error
                 raise
             log.debug("transient API error: %s", error)
         await asyncio.sleep(delay)
